@@ -1,0 +1,185 @@
+"""The functional API over the Rust ops (see ``src/ops`` for the maths of each forward/backward)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import _native
+
+_MODES = ("global", "local", "local_global", "cross")
+_LAYOUTS = ("geometric", "reference")
+
+
+def _check_tensor(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def patch_nce_loss(
+    feat_q: torch.Tensor,
+    feat_k: torch.Tensor,
+    tau: float = 0.07,
+    num_images: Optional[int] = None,
+    reduction: str = "mean",
+    detach_keys: bool = True,
+) -> torch.Tensor:
+    """PatchNCE loss (CUT / QS-Attn, spec §9).
+
+    Args:
+        feat_q: query rows, ``(B*M, D)``: M rows per image stacked image after image,
+            L2-normalised by the caller (e.g. the output of :class:`qs_attn.nn.PatchSampleF`
+            for the translated image).
+        feat_k: key rows, same shape (from the source image); row ``r`` of ``feat_q`` and
+            row ``r`` of ``feat_k`` are the positive pair, the other key rows **of the same image**
+            are the negatives.
+        tau: temperature (``nce_T``), default 0.07.
+        num_images: B, the number of images the rows belong to (default 1). ``B*M`` must be
+            divisible by it. (The reference used the configured batch size here, quirk Q3.)
+        reduction: ``"mean"`` (scalar) or ``"none"`` (one loss per row, ``(B*M,)``).
+        detach_keys: keys get no gradient (the reference's behaviour); ``False`` keeps it.
+
+    Returns:
+        The loss, float32 for half/bfloat16/float32 inputs, float64 for float64 inputs.
+
+    The negatives' diagonal (a key against its own query) is set to -10 before the
+    temperature, as in the reference. Backward is analytic (from the saved softmax).
+    """
+    _check_tensor("feat_q", feat_q)
+    _check_tensor("feat_k", feat_k)
+    _check_choice("reduction", reduction, ("mean", "none"))
+    num_images = 1 if num_images is None else int(num_images)
+    return _native.patch_nce_loss(feat_q, feat_k, float(tau), num_images, reduction, bool(detach_keys))
+
+
+def qs_entropy(
+    feat: torch.Tensor, mode: str = "global", window: int = 7, local_layout: str = "geometric"
+) -> torch.Tensor:
+    """Row entropies of the QS-Attn attention, ``(B, H*W)`` in raster order (no gradient).
+
+    ``mode="global"``: entropy of each row of ``softmax(X Xᵀ)`` (X = the ``H*W x C`` features of
+    an image, raw dot products), computed in row blocks without a ``P x P`` matrix.
+    ``mode="local"``: entropy over the ``window x window`` slots of each position (zero-padded
+    border slots take part with logit 0), keys per ``local_layout``. Low entropy = selected first.
+    """
+    _check_tensor("feat", feat)
+    _check_choice("mode", mode, ("global", "local"))
+    _check_choice("local_layout", local_layout, _LAYOUTS)
+    return _native.qs_entropy(feat, mode, int(window), local_layout)
+
+
+@dataclass(frozen=True)
+class QSSelection:
+    """The queries selected on the source features, and their attention.
+
+    Attributes:
+        indices: ``(B, N)`` int64 raster positions ``h*W + w``, lowest entropy first (ties to
+            the lower index), per image.
+        attn: the reduced attention, differentiable w.r.t. the source features:
+            ``(B, N, H*W)`` for ``global``, ``local_global`` and ``cross``;
+            ``(B, N, window**2)`` for ``local``.
+        mode, window, local_layout: how it was made.
+        height, width: the source map's spatial size.
+        source: ``(B, H*W, C)`` source features, kept for ``cross`` mode only.
+    """
+
+    indices: torch.Tensor
+    attn: torch.Tensor
+    mode: str
+    window: int
+    local_layout: str
+    height: int
+    width: int
+    source: Optional[torch.Tensor] = None
+
+    def _native_args(self):
+        return (self.indices, self.attn, self.source, self.mode, self.window, self.local_layout,
+                self.height, self.width)
+
+
+def qs_select(
+    feat: torch.Tensor,
+    num_patches: int = 256,
+    mode: str = "global",
+    window: int = 7,
+    local_layout: str = "geometric",
+    detach_attn: bool = False,
+) -> QSSelection:
+    """Selects the ``num_patches`` lowest-entropy queries per image on the source features.
+
+    Args:
+        feat: source features ``(B, C, H, W)`` (e.g. a generator tap on the real image).
+        num_patches: N, at most ``H*W``.
+        mode: ``"global"`` (paper default), ``"local"``, ``"local_global"``, or ``"cross"``
+            (our extension: selection as global, query branch by cross-domain attention, see
+            :func:`qs_cross_route`).
+        window: odd window size of the local modes (the paper uses 7).
+        local_layout: ``"geometric"`` (true windows, spec §8.2) or ``"reference"`` (the
+            authors' scrambled unfold reading, spec §8.3, to reproduce their released models).
+        detach_attn: cut the gradient through the attention (ablation; default keeps it, so
+            the query branch reaches the source features through the attention).
+
+    Returns:
+        A :class:`QSSelection`. Route features with :func:`qs_route`.
+    """
+    _check_tensor("feat", feat)
+    _check_choice("mode", mode, _MODES)
+    _check_choice("local_layout", local_layout, _LAYOUTS)
+    indices, attn, source, height, width = _native.qs_select(
+        feat, int(num_patches), mode, int(window), local_layout, bool(detach_attn))
+    return QSSelection(indices, attn, mode, int(window), local_layout, height, width, source)
+
+
+def _check_selection(selection) -> None:
+    if not isinstance(selection, QSSelection):
+        raise TypeError(f"selection must be a QSSelection from qs_select, got {type(selection).__name__}")
+
+
+def qs_route(feat: torch.Tensor, selection: QSSelection) -> torch.Tensor:
+    """Routes features with a selection's attention: ``(B, C, H, W)`` → ``(B, N, C)``.
+
+    Global, local_global and cross: ``attn @ X`` with X the flattened ``feat``. Local: the
+    attention-weighted sum over each selected position's window (per the selection's layout).
+    Use it on the source features (keys) and, except in ``cross`` mode, on the translated
+    features (queries) with the same selection. Flatten with ``.flatten(0, 1)`` for
+    :func:`patch_nce_loss`.
+    """
+    _check_tensor("feat", feat)
+    _check_selection(selection)
+    return _native.qs_route(feat, *selection._native_args())
+
+
+def qs_cross_route(feat_tgt: torch.Tensor, selection: QSSelection) -> torch.Tensor:
+    """Cross-domain query branch (``mode="cross"``, our extension): the selected source
+    positions attend over the translated features, ``softmax(X_src[sel] X_tgtᵀ) X_tgt``,
+    ``(B, N, C)``. Equals :func:`qs_route` in ``global`` mode when ``feat_tgt`` is the source.
+    """
+    _check_tensor("feat_tgt", feat_tgt)
+    _check_selection(selection)
+    return _native.qs_cross_route(feat_tgt, *selection._native_args())
+
+
+def sample_patch_ids(
+    num_positions: int,
+    num_patches: int,
+    num_images: int = 1,
+    per_image: bool = False,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> torch.Tensor:
+    """Random patch positions for the CUT slots (spec §7.2).
+
+    Returns the first ``min(num_patches, num_positions)`` entries of a uniform random
+    permutation of ``range(num_positions)``: shape ``(N,)`` shared by the batch (the
+    reference), or ``(num_images, N)`` with ``per_image=True``. The seed is drawn from
+    ``generator`` (or torch's global RNG), so ``torch.manual_seed`` makes it reproducible.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    ids = _native.PatchSampler(seed).sample(int(num_positions), int(num_patches), int(num_images), bool(per_image))
+    return ids if device is None else ids.to(device)

@@ -1,0 +1,178 @@
+//! QS-Attn as used by the method (spec §8): select the query positions once on the source
+//! features, then route the source features (key branch) and the translated features (query
+//! branch) with that selection.
+//!
+//! | mode          | selection entropy            | attention kept (`attn`)        | routing           |
+//! |---------------|------------------------------|--------------------------------|-------------------|
+//! | `global`      | softmax(X Xᵀ) rows           | softmax(X[sel] Xᵀ), B × N × P  | `attn · Y`        |
+//! | `local`       | window softmax (layout)      | window softmax, B × N × k²     | window routing    |
+//! | `local_global`| window softmax (layout)      | softmax(X[sel] Xᵀ), B × N × P  | `attn · Y`        |
+//! | `cross`       | as `global`                  | as `global`                    | keys: `attn · X`; queries: [`qs_cross_route`] |
+//!
+//! `cross` is an extension of ours, not in the paper's code (spec §8.7): the query branch uses
+//! cross-domain attention of the selected source positions over the translation,
+//! `softmax(X_src[sel] · X_tgtᵀ) · X_tgt`; when the translation equals the source it equals
+//! `global`.
+//!
+//! Gradients (§8.5): the attention is differentiable (the query branch reaches the source
+//! features through it) unless `detach_attn`; entropies and the sort give integer indices only.
+use tch::{TchError, Tensor};
+
+use super::check;
+use super::global_attention::{global_entropy, route_global, selected_attention};
+use super::local_window::{local_attention, local_entropy, route_local, LocalLayout, Window};
+use crate::error::invalid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QsMode {
+    Global,
+    Local,
+    LocalGlobal,
+    Cross,
+}
+
+impl std::str::FromStr for QsMode {
+    type Err = TchError;
+    fn from_str(s: &str) -> Result<Self, TchError> {
+        match s {
+            "global" => Ok(QsMode::Global),
+            "local" => Ok(QsMode::Local),
+            "local_global" => Ok(QsMode::LocalGlobal),
+            "cross" => Ok(QsMode::Cross),
+            other => Err(invalid(format!(
+                "QS mode must be one of 'global', 'local', 'local_global', 'cross', got '{other}'"
+            ))),
+        }
+    }
+}
+
+/// The result of selecting queries on the source features.
+pub struct Selection {
+    pub mode: QsMode,
+    /// Selected raster positions per image, lowest entropy first: `B × N` (int64).
+    pub indices: Tensor,
+    /// The reduced attention: `B × N × P` (global, local_global, cross) or `B × N × k²` (local).
+    pub attn: Tensor,
+    /// The source features `B × P × C` (kept for the cross-domain query branch only).
+    pub source: Option<Tensor>,
+    pub height: i64,
+    pub width: i64,
+    pub window: i64,
+    pub layout: LocalLayout,
+}
+
+/// `B × C × H × W` → `B × P × C` (raster order `l = h·W + w`), with the shape.
+fn flatten(what: &str, feat: &Tensor) -> Result<(Tensor, [i64; 4]), TchError> {
+    check::rank(what, feat, 4, "(B, C, H, W)")?;
+    check::supported_device(what, feat)?;
+    check::compute_kind(what, feat)?;
+    let s = feat.size();
+    let shape = [s[0], s[1], s[2], s[3]];
+    if shape.iter().any(|&d| d == 0) {
+        return Err(invalid(format!("{what} must not be empty, got shape {s:?}")));
+    }
+    Ok((feat.permute([0, 2, 3, 1]).reshape([s[0], s[2] * s[3], s[1]]), shape))
+}
+
+/// Which attention the entropy of [`qs_entropy`] is computed on.
+pub enum EntropyOf {
+    Global,
+    Local(LocalLayout),
+}
+
+/// Row entropies `B × P` of the global (`softmax(X Xᵀ)`) or local (window) attention, fp32
+/// (fp64 for fp64 input), with the reference's `φ(0) = 0`. No gradient.
+pub fn qs_entropy(feat: &Tensor, of: EntropyOf, window: i64) -> Result<Tensor, TchError> {
+    let (x, [_, _, h, w]) = flatten("feat", feat)?;
+    let x = x.to_kind(check::compute_kind("feat", feat)?);
+    Ok(match of {
+        EntropyOf::Global => global_entropy(&x),
+        EntropyOf::Local(layout) => local_entropy(&x, &Window::new(h, w, window, layout)?),
+    })
+}
+
+/// The `n` positions of lowest entropy per image, ties to the lower index (stable sort).
+fn lowest(entropy: &Tensor, n: i64) -> Tensor {
+    let (_, order) = entropy.sort_stable(true, 1, false);
+    order.narrow(1, 0, n).contiguous()
+}
+
+/// Selects `num_patches` queries per image on the source features `feat` (`B × C × H × W`).
+pub fn qs_select(
+    feat: &Tensor,
+    num_patches: i64,
+    mode: QsMode,
+    window: i64,
+    layout: LocalLayout,
+    detach_attn: bool,
+) -> Result<Selection, TchError> {
+    let (x, [_, _, h, w]) = flatten("feat", feat)?;
+    let p = h * w;
+    if num_patches < 1 || num_patches > p {
+        return Err(invalid(format!(
+            "num_patches must be in 1..={p} (the H·W = {h}·{w} positions of the feature map), got {num_patches}"
+        )));
+    }
+    let kind = check::compute_kind("feat", feat)?;
+    let win = Window::new(h, w, window, layout)?;
+    let indices = {
+        let x = x.to_kind(kind);
+        let entropy = match mode {
+            QsMode::Global | QsMode::Cross => global_entropy(&x),
+            QsMode::Local | QsMode::LocalGlobal => local_entropy(&x, &win),
+        };
+        lowest(&entropy, num_patches)
+    };
+    let x_attn = if detach_attn { x.detach() } else { x.shallow_clone() };
+    let attn = match mode {
+        QsMode::Local => local_attention(&x_attn, &indices, win)?,
+        _ => selected_attention(&x_attn, &indices, &x_attn)?,
+    };
+    let source = (mode == QsMode::Cross).then(|| x_attn.shallow_clone());
+    Ok(Selection { mode, indices, attn, source, height: h, width: w, window, layout })
+}
+
+/// Checks that `feat` (`B × C × H × W`) can be routed with `sel` and flattens it.
+fn flatten_for(feat: &Tensor, sel: &Selection) -> Result<Tensor, TchError> {
+    let (y, [b, _, h, w]) = flatten("feat", feat)?;
+    let sel_b = sel.indices.size()[0];
+    if b != sel_b || h != sel.height || w != sel.width {
+        return Err(invalid(format!(
+            "feat has batch {b} and map {h}×{w}, but the selection was made on batch {sel_b} with map {}×{}",
+            sel.height, sel.width
+        )));
+    }
+    check::same_device("feat", feat, "the selection", &sel.attn)?;
+    Ok(y)
+}
+
+/// Routes `feat` (source or translation, `B × C × H × W`) with the selection: `B × N × C`.
+pub fn qs_route(feat: &Tensor, sel: &Selection) -> Result<Tensor, TchError> {
+    let y = flatten_for(feat, sel)?;
+    match sel.mode {
+        QsMode::Local => {
+            let win = Window::new(sel.height, sel.width, sel.window, sel.layout)?;
+            route_local(&sel.attn, &y, &sel.indices, win)
+        }
+        _ => route_global(&sel.attn, &y),
+    }
+}
+
+/// The cross-domain query branch (mode `cross`): `softmax(X_src[sel] · X_tgtᵀ) · X_tgt`,
+/// `B × N × C`, for the translated features `feat_tgt`.
+pub fn qs_cross_route(feat_tgt: &Tensor, sel: &Selection) -> Result<Tensor, TchError> {
+    let Some(source) = &sel.source else {
+        return Err(invalid(format!("qs_cross_route needs a selection made with mode 'cross', got {:?}", sel.mode)));
+    };
+    let y = flatten_for(feat_tgt, sel)?;
+    if y.size()[2] != source.size()[2] {
+        return Err(invalid(format!(
+            "feat_tgt has {} channels but the source features have {}",
+            y.size()[2],
+            source.size()[2]
+        )));
+    }
+    check::same_kind("feat_tgt", &y, "the source features", source)?;
+    let attn = selected_attention(source, &sel.indices, &y)?;
+    route_global(&attn, &y)
+}

@@ -1,0 +1,79 @@
+//! Random patch positions for the CUT slots (spec §7.2): the first `min(N, P)` entries of a
+//! uniformly random permutation of `0..P`, shared by all images of the batch (the reference,
+//! Q2) or drawn per image. Seedable and independent of torch's global RNG, so a run's patch
+//! positions are reproducible on every device.
+use tch::{Device, Kind, TchError, Tensor};
+
+use crate::error::invalid;
+
+/// SplitMix64: a small, fast, well-mixed 64-bit generator (Steele, Lea, Flood 2014).
+#[derive(Clone, Debug)]
+pub struct PatchSampler {
+    state: u64,
+}
+
+impl PatchSampler {
+    pub fn new(seed: u64) -> Self {
+        PatchSampler { state: seed }
+    }
+
+    /// The generator's state, e.g. to store in a checkpoint; `PatchSampler::new(state)` resumes.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform integer in `0..n` (Lemire's multiply-shift with rejection, unbiased).
+    fn below(&mut self, n: u64) -> u64 {
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let m = (self.next_u64() as u128) * (n as u128);
+            if (m as u64) >= threshold {
+                return (m >> 64) as u64;
+            }
+        }
+    }
+
+    /// The first `k` entries of a uniform random permutation of `0..p` (partial Fisher–Yates).
+    fn partial_permutation(&mut self, p: i64, k: i64) -> Vec<i64> {
+        let mut perm: Vec<i64> = (0..p).collect();
+        for i in 0..k as usize {
+            let j = i + self.below((p as usize - i) as u64) as usize;
+            perm.swap(i, j);
+        }
+        perm.truncate(k as usize);
+        perm
+    }
+
+    /// Patch ids for `num_positions` positions: `(min(N, P),)` shared by the batch, or
+    /// `(num_images, min(N, P))` when `per_image`.
+    pub fn sample(
+        &mut self,
+        num_positions: i64,
+        num_patches: i64,
+        num_images: i64,
+        per_image: bool,
+        device: Device,
+    ) -> Result<Tensor, TchError> {
+        if num_positions < 1 || num_patches < 1 || num_images < 1 {
+            return Err(invalid(format!(
+                "num_positions, num_patches and num_images must be >= 1, got {num_positions}, {num_patches}, {num_images}"
+            )));
+        }
+        let k = num_patches.min(num_positions);
+        let ids = if per_image {
+            let rows: Vec<i64> = (0..num_images).flat_map(|_| self.partial_permutation(num_positions, k)).collect();
+            Tensor::from_slice(&rows).view([num_images, k])
+        } else {
+            Tensor::from_slice(&self.partial_permutation(num_positions, k))
+        };
+        Ok(ids.to_kind(Kind::Int64).to_device(device))
+    }
+}
