@@ -1,0 +1,226 @@
+//! The ops from pure Rust against plain tch compositions of the spec (autograd for the
+//! reference gradients), in float64, plus spec oracles that need no Python.
+use qs_attn::ops::{self, EntropyOf, LocalLayout, QsMode, Reduction};
+use tch::{Kind, Tensor};
+
+const TOL: f64 = 1e-10;
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes");
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+}
+
+fn features(seed: i64, shape: &[i64]) -> Tensor {
+    tch::manual_seed(seed);
+    (Tensor::randn(shape, (Kind::Double, tch::Device::Cpu)) * 0.3).set_requires_grad(true)
+}
+
+fn flatten(f: &Tensor) -> Tensor {
+    let s = f.size();
+    f.permute([0, 2, 3, 1]).reshape([s[0], s[2] * s[3], s[1]])
+}
+
+/// The reference's entropy: p log p with −log(0) = +∞ replaced by 0.
+fn entropy(p: &Tensor) -> Tensor {
+    let phi = p.log().neg();
+    let phi = phi.where_self(&phi.isinf().logical_not(), &phi.zeros_like());
+    (p * phi).sum_dim_intlist(-1, false, Kind::Double)
+}
+
+fn grads(loss: &Tensor, inputs: &[&Tensor]) -> Vec<Tensor> {
+    Tensor::run_backward(&[loss], inputs, false, false)
+}
+
+/// Random weights for a scalar test loss Σ w·out.
+fn weighted_sum(outs: &[&Tensor]) -> Tensor {
+    tch::manual_seed(99);
+    outs.iter()
+        .map(|o| (*o * Tensor::randn(o.size(), (Kind::Double, tch::Device::Cpu))).sum(Kind::Double))
+        .fold(Tensor::from(0.0f64), |a, b| a + b)
+}
+
+#[test]
+fn patch_nce_matches_composition_values_and_gradients() {
+    let (b, m, d) = (3i64, 5i64, 7i64);
+    let q = features(1, &[b * m, d]);
+    let k = features(2, &[b * m, d]);
+    let tau = 0.07;
+    let reference = |q: &Tensor, k: &Tensor| {
+        let (qb, kb) = (q.view([b, m, d]), k.view([b, m, d]));
+        let s = qb.bmm(&kb.transpose(1, 2));
+        let eye = Tensor::eye(m, (Kind::Bool, tch::Device::Cpu));
+        let neg = s.masked_fill(&eye, -10.0);
+        let logits = Tensor::cat(&[s.diagonal(0, 1, 2).unsqueeze(-1), neg], 2) / tau;
+        (logits.logsumexp([2], false) - logits.select(2, 0)).view([b * m])
+    };
+    for (reduction, detach) in [(Reduction::None, true), (Reduction::Mean, false), (Reduction::None, false)] {
+        let ours = ops::patch_nce_loss(&q, &k, tau, b, reduction, detach).unwrap();
+        let k_used = if detach { k.detach() } else { k.shallow_clone() };
+        let per_row = reference(&q, &k_used);
+        let expected = if reduction == Reduction::Mean { per_row.mean(Kind::Double) } else { per_row };
+        assert_close("loss", &ours, &expected, TOL);
+        let g_ours = grads(&weighted_sum(&[&ours]), &[&q, &k]);
+        let g_ref = grads(&weighted_sum(&[&expected]), &[&q, &k]);
+        assert_close("dq", &g_ours[0], &g_ref[0], TOL);
+        if detach {
+            assert!(!g_ours[1].defined(), "detached keys get no gradient");
+        } else {
+            assert_close("dk", &g_ours[1], &g_ref[1], TOL);
+        }
+    }
+}
+
+#[test]
+fn patch_nce_oracle_t6_orthonormal_rows() {
+    // Q = K = e_0..e_{M−1}: ℓ = ln(1 + (M−1)e^{−1/τ} + e^{−11/τ}), computed in f64.
+    let m = 256i64;
+    let e = Tensor::eye(m, (Kind::Double, tch::Device::Cpu));
+    let loss = ops::patch_nce_loss(&e, &e, 0.07, 1, Reduction::Mean, true).unwrap().double_value(&[]);
+    let expected = (1.0 + (m as f64 - 1.0) * (-1.0f64 / 0.07).exp() + (-11.0f64 / 0.07).exp()).ln();
+    assert!((loss - expected).abs() < 1e-12, "{loss} vs {expected}");
+}
+
+#[test]
+fn global_selection_attention_and_routing_match_composition() {
+    let (b, c, h, w, n) = (2i64, 5i64, 4i64, 5i64, 7i64);
+    let src = features(3, &[b, c, h, w]);
+    let tgt = features(4, &[b, c, h, w]);
+    let sel = ops::qs_select(&src, n, QsMode::Global, 7, LocalLayout::Geometric, false).unwrap();
+    let keys = ops::qs_route(&src, &sel).unwrap();
+    let queries = ops::qs_route(&tgt, &sel).unwrap();
+
+    let (xs, xt) = (flatten(&src), flatten(&tgt));
+    let a_full = xs.bmm(&xs.transpose(1, 2)).softmax(-1, Kind::Double);
+    let (_, order) = entropy(&a_full).sort_stable(true, 1, false);
+    let expected_sel = order.narrow(1, 0, n);
+    assert_eq!(sel.indices, expected_sel);
+    let a_qs = a_full.gather(1, &expected_sel.unsqueeze(-1).expand([-1, -1, h * w], false), false);
+    assert_close("attn", &sel.attn, &a_qs, TOL);
+    let (k_ref, q_ref) = (a_qs.bmm(&xs), a_qs.bmm(&xt));
+    assert_close("keys", &keys, &k_ref, TOL);
+    assert_close("queries", &queries, &q_ref, TOL);
+    let g_ours = grads(&weighted_sum(&[&keys, &queries]), &[&src, &tgt]);
+    let g_ref = grads(&weighted_sum(&[&k_ref, &q_ref]), &[&src, &tgt]);
+    assert_close("d src", &g_ours[0], &g_ref[0], TOL);
+    assert_close("d tgt", &g_ours[1], &g_ref[1], TOL);
+}
+
+#[test]
+fn global_entropy_needs_no_full_matrix_but_equals_it() {
+    // More rows than one block (2^18 elements / P = 64 rows at P = 4096): exercises blocking.
+    let x = features(5, &[1, 4, 64, 64]).detach();
+    let ours = ops::qs_entropy(&x, EntropyOf::Global, 7).unwrap();
+    let xf = flatten(&x);
+    let expected = entropy(&xf.bmm(&xf.transpose(1, 2)).softmax(-1, Kind::Double));
+    assert_close("entropy", &ours, &expected, 1e-12);
+}
+
+/// Window rows of every position with plain loops: slot-major `B × P × k² × C`.
+fn windows_by_loops(f: &Tensor, k: i64) -> Tensor {
+    let s = f.size();
+    let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let r = k / 2;
+    let mut rows = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let mut slots = Vec::new();
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let (yy, xx) = (y + dy, x + dx);
+                    slots.push(if yy < 0 || yy >= h || xx < 0 || xx >= w {
+                        Tensor::zeros([b, c], (Kind::Double, tch::Device::Cpu))
+                    } else {
+                        f.select(2, yy).select(2, xx)
+                    });
+                }
+            }
+            rows.push(Tensor::stack(&slots, 1));
+        }
+    }
+    Tensor::stack(&rows, 1)
+}
+
+#[test]
+fn local_geometric_matches_loops_values_and_gradients() {
+    let (b, c, h, w, n, k) = (2i64, 3i64, 5i64, 6i64, 9i64, 3i64);
+    let src = features(6, &[b, c, h, w]);
+    let tgt = features(7, &[b, c, h, w]);
+    let sel = ops::qs_select(&src, n, QsMode::Local, k, LocalLayout::Geometric, false).unwrap();
+    let keys = ops::qs_route(&src, &sel).unwrap();
+    let queries = ops::qs_route(&tgt, &sel).unwrap();
+
+    let (nb_s, nb_t, xs) = (windows_by_loops(&src, k), windows_by_loops(&tgt, k), flatten(&src));
+    let a_all = nb_s.matmul(&xs.unsqueeze(-1)).squeeze_dim(-1).softmax(-1, Kind::Double);
+    let (_, order) = entropy(&a_all).sort_stable(true, 1, false);
+    let expected_sel = order.narrow(1, 0, n);
+    assert_eq!(sel.indices, expected_sel);
+    // Rows `expected_sel` of a `B × P × …` tensor.
+    let pick = |t: &Tensor| {
+        let flat = t.reshape([b, h * w, -1]);
+        let idx = expected_sel.unsqueeze(-1).expand([b, n, flat.size()[2]], false);
+        let mut shape = vec![b, n];
+        shape.extend(&t.size()[2..]);
+        flat.gather(1, &idx, false).reshape(shape.as_slice())
+    };
+    let a_qs = pick(&a_all);
+    assert_close("attn", &sel.attn, &a_qs, TOL);
+    let k_ref = a_qs.unsqueeze(-2).matmul(&pick(&nb_s)).squeeze_dim(-2);
+    let q_ref = a_qs.unsqueeze(-2).matmul(&pick(&nb_t)).squeeze_dim(-2);
+    assert_close("keys", &keys, &k_ref, TOL);
+    assert_close("queries", &queries, &q_ref, TOL);
+    let g_ours = grads(&weighted_sum(&[&keys, &queries]), &[&src, &tgt]);
+    let g_ref = grads(&weighted_sum(&[&k_ref, &q_ref]), &[&src, &tgt]);
+    assert_close("d src", &g_ours[0], &g_ref[0], TOL);
+    assert_close("d tgt", &g_ours[1], &g_ref[1], TOL);
+}
+
+#[test]
+fn local_entropy_oracle_t8_corners_lowest() {
+    // Constant map, C = 1, 8×8, k = 7: the four corners (16 in-bound slots) tie for lowest,
+    // with H(16) = ln Z − 16e/Z, Z = 16e + 33.
+    let f = Tensor::ones([1, 1, 8, 8], (Kind::Float, tch::Device::Cpu));
+    for layout in [LocalLayout::Geometric, LocalLayout::Reference] {
+        let ent = ops::qs_entropy(&f, EntropyOf::Local(layout), 7).unwrap();
+        let e = std::f64::consts::E;
+        let z = 16.0 * e + 33.0;
+        let h16 = z.ln() - 16.0 * e / z;
+        for corner in [0i64, 7, 56, 63] {
+            assert!((ent.double_value(&[0, corner]) - h16).abs() < 1e-5);
+        }
+        let sel = ops::qs_select(&f, 4, QsMode::Local, 7, layout, false).unwrap();
+        let mut picked = Vec::<i64>::try_from(&sel.indices.flatten(0, -1)).unwrap();
+        picked.sort();
+        assert_eq!(picked, vec![0, 7, 56, 63]);
+    }
+}
+
+#[test]
+fn cross_route_equals_global_when_translation_is_source() {
+    let src = features(8, &[2, 4, 4, 4]);
+    let sel = ops::qs_select(&src, 5, QsMode::Cross, 7, LocalLayout::Geometric, false).unwrap();
+    let cross = ops::qs_cross_route(&src, &sel).unwrap();
+    let global = ops::qs_route(&src, &sel).unwrap();
+    assert_close("cross == global", &cross, &global, TOL);
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let f = features(9, &[1, 3, 4, 4]).detach();
+    let msg = |r: Result<ops::Selection, tch::TchError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg(ops::qs_select(&f, 17, QsMode::Global, 7, LocalLayout::Geometric, false)).contains("num_patches"));
+    assert!(msg(ops::qs_select(&f, 4, QsMode::Local, 4, LocalLayout::Geometric, false)).contains("odd"));
+    assert!(msg(ops::qs_select(&f.view([3, 4, 4]), 4, QsMode::Global, 7, LocalLayout::Geometric, false)).contains("4-D"));
+    let ints = f.to_kind(Kind::Int64);
+    assert!(msg(ops::qs_select(&ints, 4, QsMode::Global, 7, LocalLayout::Geometric, false)).contains("floating"));
+    let q = Tensor::zeros([8, 4], (Kind::Float, tch::Device::Cpu));
+    let e = ops::patch_nce_loss(&q, &q, 0.07, 3, Reduction::Mean, true).unwrap_err().to_string();
+    assert!(e.contains("cannot be split into 3 images"), "{e}");
+    let sel = ops::qs_select(&f, 4, QsMode::Global, 7, LocalLayout::Geometric, false).unwrap();
+    let other = features(10, &[1, 3, 5, 4]).detach();
+    assert!(ops::qs_route(&other, &sel).unwrap_err().to_string().contains("selection was made"));
+}
