@@ -91,7 +91,8 @@ impl AutogradOp for SelectedAttention {
         let kind = a.kind();
         let (x_q, x_k) = (x_q.to_kind(kind), x_k.to_kind(kind));
         let da = da.to_kind(kind);
-        let ds = a * (&da - (&da * a).sum_dim_intlist(-1, true, kind));
+        let mut ds = &da - (&da * a).sum_dim_intlist(-1, true, kind);
+        ds *= a;
         let dx_q = ctx.needs_input_grad(0).then(|| {
             let dq = ds.bmm(&x_k);
             let c = x_q.size()[2];

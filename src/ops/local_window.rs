@@ -73,7 +73,7 @@ impl Window {
     /// Zero-padded features, `B × P × C` → `(B·P_pad) × C` (row b·P_pad + padded raster index).
     fn pad(&self, x: &Tensor) -> Tensor {
         let (b, c, r) = (x.size()[0], x.size()[2], self.radius());
-        x.view([b, self.height, self.width, c])
+        x.reshape([b, self.height, self.width, c])
             .constant_pad_nd([0, 0, r, r, r, r])
             .view([b * self.padded_positions(), c])
     }

@@ -85,14 +85,14 @@ impl AutogradOp for PatchNce {
         let kind = check::compute_kind("feat_q", &inputs[0])?;
         let (rows, dim) = (inputs[0].size()[0], inputs[0].size()[1]);
         let (b, m) = (self.num_images, rows / self.num_images);
-        let q = inputs[0].to_kind(kind).view([b, m, dim]);
-        let k = inputs[1].to_kind(kind).view([b, m, dim]);
+        let q = inputs[0].to_kind(kind).reshape([b, m, dim]);
+        let k = inputs[1].to_kind(kind).reshape([b, m, dim]);
         let s = q.bmm(&k.transpose(1, 2));
         let pos = s.diagonal(0, 1, 2).unsqueeze(-1);
         let neg = s.diagonal_scatter(&Tensor::full([b, m], SELF_NEGATIVE_LOGIT, (kind, s.device())), 0, 1, 2);
         let logits = Tensor::cat(&[pos, neg], 2) / self.tau;
         let lse = logits.logsumexp([2], true);
-        let per_row = (&lse - logits.narrow(2, 0, 1)).view([rows]);
+        let per_row = (&lse - logits.narrow(2, 0, 1)).reshape([rows]);
         let p = (&logits - &lse).exp();
         ctx.save_for_backward([q, k, p]);
         let loss = match self.reduction {
@@ -112,8 +112,8 @@ impl AutogradOp for PatchNce {
         let [q, k, p] = ctx.saved() else { return Err(invalid("patch_nce_loss: bad saved state")) };
         let (b, m) = (q.size()[0], q.size()[1]);
         let g_rows = match self.reduction {
-            Reduction::None => g.to_kind(p.kind()).view([b, m, 1]),
-            Reduction::Mean => (g.to_kind(p.kind()) / (b * m) as f64).view([1, 1, 1]),
+            Reduction::None => g.to_kind(p.kind()).reshape([b, m, 1]),
+            Reduction::Mean => (g.to_kind(p.kind()) / (b * m) as f64).reshape([1, 1, 1]),
         };
         let dlogits = p * &g_rows / self.tau; // p·g/τ; the −e₀·g/τ term is added to column 0 below
         let d_pos = dlogits.narrow(2, 0, 1).squeeze_dim(-1) - g_rows.squeeze_dim(-1) / self.tau;
@@ -121,9 +121,9 @@ impl AutogradOp for PatchNce {
         let rows = b * m;
         let dq = ctx
             .needs_input_grad(0)
-            .then(|| check::grad_as(ds.bmm(k).view([rows, -1]), self.input_kind));
+            .then(|| check::grad_as(ds.bmm(k).reshape([rows, -1]), self.input_kind));
         let dk = (!self.detach_keys && ctx.needs_input_grad(1))
-            .then(|| check::grad_as(ds.transpose(1, 2).bmm(q).view([rows, -1]), self.input_kind));
+            .then(|| check::grad_as(ds.transpose(1, 2).bmm(q).reshape([rows, -1]), self.input_kind));
         Ok(vec![dq, dk])
     }
 }

@@ -71,7 +71,9 @@ fn flatten(what: &str, feat: &Tensor) -> Result<(Tensor, [i64; 4]), TchError> {
     if shape.iter().any(|&d| d == 0) {
         return Err(invalid(format!("{what} must not be empty, got shape {s:?}")));
     }
-    Ok((feat.permute([0, 2, 3, 1]).reshape([s[0], s[2] * s[3], s[1]]), shape))
+    // A strided view (no copy): the ops' matrix products read it in place, and the gradient
+    // flows back through the view to the map.
+    Ok((feat.flatten(2, 3).transpose(1, 2), shape))
 }
 
 /// Which attention the entropy of [`qs_entropy`] is computed on.
