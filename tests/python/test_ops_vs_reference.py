@@ -128,11 +128,6 @@ def test_select_route_vs_reference(dtype, B, shape, config):
     close(g_src, r_src, dtype, "grad source")
     close(g_tgt, r_tgt, dtype, "grad target")
 
-    # query branch alone also reaches the source (attention not detached, §8.5)
-    gq_src, = torch.autograd.grad((query * wq).sum(), [src], allow_unused=True) \
-        if False else (None,)
-    del gq_src
-
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("config", CONFIGS, ids=cfg_id)
@@ -150,8 +145,10 @@ def test_query_branch_gradient_to_source(dtype, config):
         assert torch.equal(sel.indices, rsel.indices)
         close(query, rquery, dtype, "query")
         w = weights_like(rquery, 5)
-        g_src, g_tgt = torch.autograd.grad((query * w).sum(), [src, tgt], allow_unused=True)
-        r_src, r_tgt = torch.autograd.grad((rquery * w).sum(), [rsrc, rtgt], allow_unused=True)
+        g_src, g_tgt = torch.autograd.grad((query * w).sum(), [src, tgt], allow_unused=True,
+                                           retain_graph=True)
+        r_src, r_tgt = torch.autograd.grad((rquery * w).sum(), [rsrc, rtgt], allow_unused=True,
+                                           retain_graph=True)
         close(g_tgt, r_tgt, dtype, f"grad target (detach_attn={detach})")
         if detach:
             assert no_grad_reached(g_src), \
@@ -304,3 +301,74 @@ def test_ops_inside_torch_graph(mode, window, layout):
         assert p.grad is not None, n
         assert p.grad.abs().max() > 0, n
         close(p.grad, rp.grad, dtype, n)
+
+
+# ----------------------------------------------------------------------------- memory layout
+
+
+@pytest.mark.parametrize("config", [("global", 7, "geometric"), ("cross", 7, "geometric"),
+                                    ("local", 3, "geometric"), ("local", 3, "reference"),
+                                    ("local_global", 3, "reference")], ids=cfg_id)
+def test_non_contiguous_inputs(config):
+    """Channels-last / permuted views give the same results as contiguous tensors."""
+    mode, window, layout = config
+    B, C, H, W, N = 2, 4, 5, 6, 7
+    src0, tgt0 = make_inputs(B, C, H, W, N, mode, window, layout, torch.float64, seed=21)
+    src_nc = src0.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last strides
+    tgt_nc = tgt0.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not src_nc.is_contiguous() and not tgt_nc.is_contiguous()
+    sel, key, query = ours_forward(leaf(src_nc), leaf(tgt_nc), N, mode, window, layout)
+    rsel, rkey, rquery = ref_forward(src0, tgt0, N, mode, window, layout)
+    assert torch.equal(sel.indices, rsel.indices)
+    close(sel.attn, rsel.attn, torch.float64, "attn")
+    close(key, rkey, torch.float64, "key")
+    close(query, rquery, torch.float64, "query")
+    ent = qs_attn.qs_entropy(src_nc, mode="global" if mode in ("global", "cross") else "local",
+                             window=window, local_layout=layout)
+    close(ent, ref.entropy_fn(mode, window, layout)(src0), torch.float64, "entropy")
+
+
+def test_patch_nce_non_contiguous():
+    q0, k0 = _nce_inputs(12, 5, torch.float64, seed=8)
+    q_nc = q0.t().contiguous().t()
+    k_nc = k0.t().contiguous().t()
+    assert not q_nc.is_contiguous()
+    for red in ("mean", "none"):
+        close(qs_attn.patch_nce_loss(q_nc, k_nc, num_images=3, reduction=red),
+              ref.patch_nce(q0, k0, num_images=3, reduction=red), torch.float64)
+    # a strided slice of rows
+    big = torch.cat([q0, k0], dim=1)
+    close(qs_attn.patch_nce_loss(big[:, :5], big[:, 5:], num_images=2, reduction="none"),
+          ref.patch_nce(q0, k0, num_images=2), torch.float64)
+
+
+# ----------------------------------------------------------------------------- larger maps
+
+
+@pytest.mark.parametrize("mode,window,layout", [("global", 7, "geometric"),
+                                                ("local", 7, "geometric"),
+                                                ("local", 7, "reference"),
+                                                ("local_global", 7, "reference")])
+def test_large_map_entropy_and_selection(mode, window, layout):
+    """A 30×35 map (P = 1050, C = 64, N = 256 as in training): big enough that an
+    implementation working in row blocks needs several blocks, the last one partial."""
+    B, C, H, W, N = 2, 64, 30, 35, 256
+    src = ref.tie_free_feat((B, C, H, W), N, [ref.entropy_fn(mode, window, layout)],
+                            dtype=torch.float64, scale=0.3, min_gap=1e-11, seed=0)
+    emode = "global" if mode == "global" else "local"
+    got = qs_attn.qs_entropy(src, mode=emode, window=window, local_layout=layout)
+    exp = ref.entropy(src, emode, window, layout)
+    close(got, exp, torch.float64, "entropy fp64")
+    close(qs_attn.qs_entropy(src.float(), mode=emode, window=window, local_layout=layout),
+          exp.float(), torch.float32, "entropy fp32")
+    s1, s2 = leaf(src), leaf(src)
+    sel = qs_attn.qs_select(s1, N, mode=mode, window=window, local_layout=layout)
+    rsel = ref.select(s2, N, mode, window, layout)
+    assert torch.equal(sel.indices, rsel.indices)
+    close(sel.attn, rsel.attn, torch.float64, "attn")
+    out, rout = qs_attn.qs_route(s1, sel), ref.route(s2, rsel)
+    close(out, rout, torch.float64, "route")
+    w = weights_like(rout, 12)
+    g, = torch.autograd.grad((out * w).sum(), [s1])
+    rg, = torch.autograd.grad((rout * w).sum(), [s2])
+    close(g, rg, torch.float64, "grad source")
