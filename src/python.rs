@@ -5,7 +5,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
-use tch::{Device, TchError, Tensor};
+use tch::{Device, TchError};
 
 use crate::error::message;
 use crate::ops::{self, EntropyOf, LocalLayout, PatchSampler, QsMode, Reduction, Selection};
@@ -47,7 +47,7 @@ fn qs_entropy(py: Python<'_>, feat: PyTensor, mode: &str, window: i64, local_lay
     py.allow_threads(move || ops::qs_entropy(&feat, of, window)).map(PyTensor).map_err(to_py)
 }
 
-/// Returns `(indices, attn, source or None, height, width)`.
+/// Returns `(indices, source, local_attn or None, height, width)`.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 fn qs_select(
@@ -65,64 +65,60 @@ fn qs_select(
         .allow_threads(move || ops::qs_select(&feat, num_patches, mode, window, layout, detach_attn).map(SendSelection))
         .map_err(to_py)?
         .0;
-    Ok((PyTensor(sel.indices), PyTensor(sel.attn), sel.source.map(PyTensor), sel.height, sel.width))
+    Ok((PyTensor(sel.indices), PyTensor(sel.source), sel.local_attn.map(PyTensor), sel.height, sel.width))
 }
 
-/// `Selection` holds tensors, which are `Send`; this wrapper only moves it out of `allow_threads`.
+/// `Selection` holds tensors, which are `Send`; this wrapper only moves it across `allow_threads`.
 struct SendSelection(Selection);
 
-#[allow(clippy::too_many_arguments)]
-fn selection(
-    indices: Tensor,
-    attn: Tensor,
-    source: Option<Tensor>,
-    mode: &str,
+/// A selection rebuilt from the fields the Python `QSSelection` keeps.
+#[derive(FromPyObject)]
+struct SelectionArgs {
+    indices: PyTensor,
+    source: PyTensor,
+    local_attn: Option<PyTensor>,
+    mode: String,
     window: i64,
-    local_layout: &str,
+    local_layout: String,
     height: i64,
     width: i64,
-) -> PyResult<Selection> {
-    Ok(Selection { mode: parse(mode)?, indices, attn, source, height, width, window, layout: parse(local_layout)? })
 }
 
+impl SelectionArgs {
+    fn into_selection(self) -> PyResult<SendSelection> {
+        Ok(SendSelection(Selection {
+            mode: parse(&self.mode)?,
+            indices: self.indices.0,
+            source: self.source.0,
+            local_attn: self.local_attn.map(|a| a.0),
+            height: self.height,
+            width: self.width,
+            window: self.window,
+            layout: parse(&self.local_layout)?,
+        }))
+    }
+}
+
+/// `selection` is any object with the attributes of `SelectionArgs` (the Python QSSelection).
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (feat, indices, attn, source, mode, window, local_layout, height, width))]
-fn qs_route(
-    py: Python<'_>,
-    feat: PyTensor,
-    indices: PyTensor,
-    attn: PyTensor,
-    source: Option<PyTensor>,
-    mode: &str,
-    window: i64,
-    local_layout: &str,
-    height: i64,
-    width: i64,
-) -> PyResult<PyTensor> {
-    let sel = SendSelection(selection(indices.0, attn.0, source.map(|s| s.0), mode, window, local_layout, height, width)?);
+fn qs_route(py: Python<'_>, feat: PyTensor, selection: SelectionArgs) -> PyResult<PyTensor> {
+    let sel = selection.into_selection()?;
     let feat = feat.0;
     py.allow_threads(move || ops::qs_route(&feat, &sel.0)).map(PyTensor).map_err(to_py)
 }
 
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (feat_tgt, indices, attn, source, mode, window, local_layout, height, width))]
-fn qs_cross_route(
-    py: Python<'_>,
-    feat_tgt: PyTensor,
-    indices: PyTensor,
-    attn: PyTensor,
-    source: Option<PyTensor>,
-    mode: &str,
-    window: i64,
-    local_layout: &str,
-    height: i64,
-    width: i64,
-) -> PyResult<PyTensor> {
-    let sel = SendSelection(selection(indices.0, attn.0, source.map(|s| s.0), mode, window, local_layout, height, width)?);
+fn qs_cross_route(py: Python<'_>, feat_tgt: PyTensor, selection: SelectionArgs) -> PyResult<PyTensor> {
+    let sel = selection.into_selection()?;
     let feat = feat_tgt.0;
     py.allow_threads(move || ops::qs_cross_route(&feat, &sel.0)).map(PyTensor).map_err(to_py)
+}
+
+/// The selection's reduced attention (differentiable).
+#[pyfunction]
+fn qs_attention(py: Python<'_>, selection: SelectionArgs) -> PyResult<PyTensor> {
+    let sel = selection.into_selection()?;
+    py.allow_threads(move || sel.0.attn()).map(PyTensor).map_err(to_py)
 }
 
 /// Seedable generator of random patch ids (spec §7.2), independent of torch's RNG.
@@ -154,6 +150,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(qs_select, m)?)?;
     m.add_function(wrap_pyfunction!(qs_route, m)?)?;
     m.add_function(wrap_pyfunction!(qs_cross_route, m)?)?;
+    m.add_function(wrap_pyfunction!(qs_attention, m)?)?;
     m.add_class::<PyPatchSampler>()?;
     Ok(())
 }

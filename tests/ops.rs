@@ -100,7 +100,7 @@ fn global_selection_attention_and_routing_match_composition() {
     let expected_sel = order.narrow(1, 0, n);
     assert_eq!(sel.indices, expected_sel);
     let a_qs = a_full.gather(1, &expected_sel.unsqueeze(-1).expand([-1, -1, h * w], false), false);
-    assert_close("attn", &sel.attn, &a_qs, TOL);
+    assert_close("attn", &sel.attn().unwrap(), &a_qs, TOL);
     let (k_ref, q_ref) = (a_qs.bmm(&xs), a_qs.bmm(&xt));
     assert_close("keys", &keys, &k_ref, TOL);
     assert_close("queries", &queries, &q_ref, TOL);
@@ -168,7 +168,7 @@ fn local_geometric_matches_loops_values_and_gradients() {
         flat.gather(1, &idx, false).reshape(shape.as_slice())
     };
     let a_qs = pick(&a_all);
-    assert_close("attn", &sel.attn, &a_qs, TOL);
+    assert_close("attn", &sel.attn().unwrap(), &a_qs, TOL);
     let k_ref = a_qs.unsqueeze(-2).matmul(&pick(&nb_s)).squeeze_dim(-2);
     let q_ref = a_qs.unsqueeze(-2).matmul(&pick(&nb_t)).squeeze_dim(-2);
     assert_close("keys", &keys, &k_ref, TOL);

@@ -1,7 +1,6 @@
 """The functional API over the Rust ops (see ``src/ops`` for the maths of each forward/backward)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -74,7 +73,6 @@ def qs_entropy(
     return _native.qs_entropy(feat, mode, int(window), local_layout)
 
 
-@dataclass(frozen=True)
 class QSSelection:
     """The queries selected on the source features, and their attention.
 
@@ -82,25 +80,40 @@ class QSSelection:
         indices: ``(B, N)`` int64 raster positions ``h*W + w``, lowest entropy first (ties to
             the lower index), per image.
         attn: the reduced attention, differentiable w.r.t. the source features:
-            ``(B, N, H*W)`` for ``global``, ``local_global`` and ``cross``;
-            ``(B, N, window**2)`` for ``local``.
+            ``(B, N, H*W)`` rows of ``softmax(X Xᵀ)`` for ``global``, ``local_global`` and
+            ``cross``; ``(B, N, window**2)`` window weights for ``local``. For the global modes it
+            is computed on first access: routing does not need it (it recomputes attention in
+            blocks, so a selection holds no ``N x H*W`` matrix).
         mode, window, local_layout: how it was made.
         height, width: the source map's spatial size.
-        source: ``(B, H*W, C)`` source features, kept for ``cross`` mode only.
+        source: the ``(B, H*W, C)`` source features (a view of the map, detached when made with
+            ``detach_attn``).
     """
 
-    indices: torch.Tensor
-    attn: torch.Tensor
-    mode: str
-    window: int
-    local_layout: str
-    height: int
-    width: int
-    source: Optional[torch.Tensor] = None
+    __slots__ = ("indices", "source", "local_attn", "mode", "window", "local_layout", "height", "width",
+                 "_attn")
 
-    def _native_args(self):
-        return (self.indices, self.attn, self.source, self.mode, self.window, self.local_layout,
-                self.height, self.width)
+    def __init__(self, indices, source, local_attn, mode, window, local_layout, height, width):
+        self.indices = indices
+        self.source = source
+        self.local_attn = local_attn
+        self.mode = mode
+        self.window = window
+        self.local_layout = local_layout
+        self.height = height
+        self.width = width
+        self._attn = None
+
+    @property
+    def attn(self) -> torch.Tensor:
+        if self._attn is None:
+            self._attn = _native.qs_attention(self)
+        return self._attn
+
+    def __repr__(self) -> str:
+        b, n = self.indices.shape
+        return (f"QSSelection(mode={self.mode!r}, images={b}, queries={n}, map={self.height}x{self.width}, "
+                f"window={self.window}, local_layout={self.local_layout!r})")
 
 
 def qs_select(
@@ -131,9 +144,9 @@ def qs_select(
     _check_tensor("feat", feat)
     _check_choice("mode", mode, _MODES)
     _check_choice("local_layout", local_layout, _LAYOUTS)
-    indices, attn, source, height, width = _native.qs_select(
+    indices, source, local_attn, height, width = _native.qs_select(
         feat, int(num_patches), mode, int(window), local_layout, bool(detach_attn))
-    return QSSelection(indices, attn, mode, int(window), local_layout, height, width, source)
+    return QSSelection(indices, source, local_attn, mode, int(window), local_layout, height, width)
 
 
 def _check_selection(selection) -> None:
@@ -144,7 +157,8 @@ def _check_selection(selection) -> None:
 def qs_route(feat: torch.Tensor, selection: QSSelection) -> torch.Tensor:
     """Routes features with a selection's attention: ``(B, C, H, W)`` → ``(B, N, C)``.
 
-    Global, local_global and cross: ``attn @ X`` with X the flattened ``feat``. Local: the
+    Global, local_global and cross: ``attn @ X`` with X the flattened ``feat`` (computed in
+    blocks of queries, the attention recomputed in backward instead of stored). Local: the
     attention-weighted sum over each selected position's window (per the selection's layout).
     Use it on the source features (keys) and, except in ``cross`` mode, on the translated
     features (queries) with the same selection. Flatten with ``.flatten(0, 1)`` for
@@ -152,7 +166,7 @@ def qs_route(feat: torch.Tensor, selection: QSSelection) -> torch.Tensor:
     """
     _check_tensor("feat", feat)
     _check_selection(selection)
-    return _native.qs_route(feat, *selection._native_args())
+    return _native.qs_route(feat, selection)
 
 
 def qs_cross_route(feat_tgt: torch.Tensor, selection: QSSelection) -> torch.Tensor:
@@ -162,7 +176,7 @@ def qs_cross_route(feat_tgt: torch.Tensor, selection: QSSelection) -> torch.Tens
     """
     _check_tensor("feat_tgt", feat_tgt)
     _check_selection(selection)
-    return _native.qs_cross_route(feat_tgt, *selection._native_args())
+    return _native.qs_cross_route(feat_tgt, selection)
 
 
 def sample_patch_ids(

@@ -2,7 +2,8 @@
 //! attention rows of the selected queries only, and value routing with them.
 //!
 //! Shapes: X is `B × P × C` (flattened features, raster order), `sel` is `B × N` (int64),
-//! the reduced attention `A_QS` is `B × N × P`. Nothing here materialises a `P × P` matrix.
+//! the reduced attention `A_QS` is `B × N × P`. Nothing here materialises a `P × P` matrix, and
+//! routing does not even keep `A_QS` (it is recomputed in blocks in backward).
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::check;
@@ -14,7 +15,7 @@ use crate::error::invalid;
 pub fn block_elements(device: Device) -> i64 {
     match device {
         Device::Cuda(_) => 1 << 21,
-        _ => 1 << 19,
+        _ => 1 << 18,
     }
 }
 
@@ -55,16 +56,24 @@ pub fn gather_rows(x: &Tensor, sel: &Tensor) -> Tensor {
     x.gather(1, &sel.unsqueeze(-1).expand([-1, -1, c], false), false)
 }
 
-/// The attention rows of the selected queries: `A = softmax(X_q[sel] · X_kᵀ)`, `B × N × P_k`.
-/// `x_q` and `x_k` may be the same tensor (global QS) or the source and the translation (cross).
-pub fn selected_attention(x_q: &Tensor, sel: &Tensor, x_k: &Tensor) -> Result<Tensor, TchError> {
-    let op = SelectedAttention { q_kind: x_q.kind(), k_kind: x_k.kind() };
-    Ok(apply(op, &[x_q, sel, x_k])?.remove(0))
+/// Softmax backward for rows `a = softmax(s)`: `ds = a ⊙ (da − Σ_j da⊙a)`, with one
+/// temporary of `a`'s size.
+pub fn softmax_backward(a: &Tensor, da: &Tensor) -> Tensor {
+    let mut ds = da * a;
+    let row_sums = ds.sum_dim_intlist(-1, true, ds.kind());
+    let _ = ds.addcmul_(a, &row_sums.neg());
+    ds
+}
+
+/// The attention rows of the selected queries, `A = softmax(X[sel] · Xᵀ)` (`B × N × P`), as a
+/// differentiable value (the selection's `attn`). Routing does not use it: see
+/// [`attend_and_route`].
+pub fn selected_attention(x: &Tensor, sel: &Tensor) -> Result<Tensor, TchError> {
+    Ok(apply(SelectedAttention { x_kind: x.kind() }, &[x, sel])?.remove(0))
 }
 
 struct SelectedAttention {
-    q_kind: Kind,
-    k_kind: Kind,
+    x_kind: Kind,
 }
 
 impl AutogradOp for SelectedAttention {
@@ -72,72 +81,144 @@ impl AutogradOp for SelectedAttention {
         "qs_selected_attention"
     }
 
-    // Q = X_q[sel] (B × N × C);  S = Q X_kᵀ (B × N × P_k, raw dot products);  A = softmax_row(S).
-    // Computed in fp32 (fp64 for fp64 inputs). Saved: X_q, sel, X_k and the output A.
+    // Q = X[sel] (B × N × C);  S = Q Xᵀ (raw dot products);  A = softmax_row(S), in fp32
+    // (fp64 for fp64 input). Saved: X, sel and the output A.
     fn forward(&mut self, ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
         let kind = check::compute_kind("features", &inputs[0])?;
-        let (x_q, sel, x_k) = (inputs[0].to_kind(kind), &inputs[1], inputs[2].to_kind(kind));
-        let a = gather_rows(&x_q, sel).bmm(&x_k.transpose(1, 2)).softmax(-1, kind);
-        ctx.save_for_backward([inputs[0].shallow_clone(), sel.shallow_clone(), inputs[2].shallow_clone(), a.shallow_clone()]);
+        let x = inputs[0].to_kind(kind);
+        let a = gather_rows(&x, &inputs[1]).bmm(&x.transpose(1, 2)).softmax(-1, kind);
+        ctx.save_for_backward([inputs[0].shallow_clone(), inputs[1].shallow_clone(), a.shallow_clone()]);
         Ok(vec![a])
     }
 
-    // Softmax backward: dS = A ⊙ (dA − Σ_j dA⊙A)  (row sums).
-    // S = Q X_kᵀ:  dQ = dS X_k  → scattered (index-add) into dX_q at the rows sel;
-    //              dX_k = dSᵀ Q.
+    // dS = softmax_backward(A, dA).  S = Q Xᵀ with Q = X[sel]:
+    //   dX = dSᵀ Q  (formed transposed, Qᵀ dS: C × P, the layout of the feature map the view
+    //   X came from, so autograd accumulates it without a copy)
+    //      + dS X scattered (index-add) into the rows sel.
     fn backward(&self, ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
-        let Some(da) = &grads[0] else { return Ok(vec![None, None, None]) };
-        let [x_q, sel, x_k, a] = ctx.saved() else { return Err(invalid("qs_selected_attention: bad saved state")) };
-        let kind = a.kind();
-        let (x_q, x_k) = (x_q.to_kind(kind), x_k.to_kind(kind));
-        let da = da.to_kind(kind);
-        let mut ds = &da - (&da * a).sum_dim_intlist(-1, true, kind);
-        ds *= a;
-        let dx_q = ctx.needs_input_grad(0).then(|| {
-            let dq = ds.bmm(&x_k);
-            let c = x_q.size()[2];
-            let idx = sel.unsqueeze(-1).expand([-1, -1, c], false);
-            check::grad_as(x_q.zeros_like().scatter_add(1, &idx, &dq), self.q_kind)
-        });
-        let dx_k = ctx
-            .needs_input_grad(2)
-            .then(|| check::grad_as(ds.transpose(1, 2).bmm(&gather_rows(&x_q, sel)), self.k_kind));
-        Ok(vec![dx_q, None, dx_k])
+        let (Some(da), true) = (&grads[0], ctx.needs_input_grad(0)) else { return Ok(vec![None, None]) };
+        let [x, sel, a] = ctx.saved() else { return Err(invalid("qs_selected_attention: bad saved state")) };
+        let x = x.to_kind(a.kind());
+        let ds = softmax_backward(a, &da.to_kind(a.kind()));
+        let mut dx_t = gather_rows(&x, sel).transpose(1, 2).bmm(&ds);
+        let rows_of_sel = sel.unsqueeze(1).expand([-1, x.size()[2], -1], false);
+        let _ = dx_t.scatter_add_(2, &rows_of_sel, &ds.bmm(&x).transpose(1, 2));
+        Ok(vec![Some(check::grad_as(dx_t.transpose(1, 2), self.x_kind)), None])
     }
 }
 
-/// Value routing with attention rows: `V = A · Y` (`B × N × P` · `B × P × C` → `B × N × C`).
-pub fn route_global(a: &Tensor, y: &Tensor) -> Result<Tensor, TchError> {
-    let op = GlobalRouting { a_kind: a.kind(), y_kind: y.kind() };
-    Ok(apply(op, &[a, y])?.remove(0))
+/// Attention routing without keeping the attention:
+/// `V = softmax(X_q[sel] · X_kᵀ) · Y` (`B × N × C_y`), computed in blocks of query rows; the
+/// backward pass recomputes each block's attention instead of saving the `B × N × P` matrix, so
+/// between forward and backward only the inputs are kept. `x_k = None`: the keys are `X_q`
+/// itself (global QS); `Some`: another map (cross-domain attention). `Y` (values) is the source
+/// (key branch), the translation (query branch), or anything with the keys' positions.
+pub fn attend_and_route(x_q: &Tensor, sel: &Tensor, x_k: Option<&Tensor>, y: &Tensor) -> Result<Tensor, TchError> {
+    let op = AttendRoute { q_kind: x_q.kind(), k_kind: x_k.map(|k| k.kind()), y_kind: y.kind() };
+    let inputs: Vec<&Tensor> = match x_k {
+        None => vec![x_q, sel, y],
+        Some(k) => vec![x_q, sel, y, k],
+    };
+    Ok(apply(op, &inputs)?.remove(0))
 }
 
-struct GlobalRouting {
-    a_kind: Kind,
+struct AttendRoute {
+    q_kind: Kind,
+    /// `None`: the keys are the queries' own map.
+    k_kind: Option<Kind>,
     y_kind: Kind,
 }
 
-impl AutogradOp for GlobalRouting {
+/// Query rows per block so that one `rows × P` block stays within `block_elements`.
+fn row_block(b: i64, p: i64, n: i64, device: Device) -> i64 {
+    (block_elements(device) / (b * p)).clamp(1, n)
+}
+
+impl AttendRoute {
+    /// The inputs in the compute dtype: `(X_q, sel, Y, X_k)`.
+    fn operands(&self, inputs: &[Tensor]) -> Result<(Tensor, Tensor, Tensor, Tensor), TchError> {
+        let kind = check::compute_kind("features", &inputs[0])?;
+        let x_q = inputs[0].to_kind(kind);
+        let x_k = inputs.get(3).map_or_else(|| x_q.shallow_clone(), |k| k.to_kind(kind));
+        Ok((x_q, inputs[1].shallow_clone(), inputs[2].to_kind(kind), x_k))
+    }
+}
+
+impl AutogradOp for AttendRoute {
     fn name(&self) -> &'static str {
-        "qs_route_global"
+        "qs_attend_route"
     }
 
-    // V = A Y, computed in the attention's dtype (fp32/fp64), returned in Y's dtype.
+    // Per block of query rows r:  Q_r = X_q[sel_r],  A_r = softmax(Q_r X_kᵀ),  V_r = A_r Y.
+    // Saved: the inputs only.
     fn forward(&mut self, ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
-        let (a, y) = (&inputs[0], &inputs[1]);
-        ctx.save_for_backward([a.shallow_clone(), y.shallow_clone()]);
-        Ok(vec![a.bmm(&y.to_kind(a.kind())).to_kind(self.y_kind)])
+        let (x_q, sel, y, x_k) = self.operands(inputs)?;
+        let (b, n, p) = (sel.size()[0], sel.size()[1], x_k.size()[1]);
+        let rows = row_block(b, p, n, x_q.device());
+        let keys_t = x_k.transpose(1, 2);
+        let blocks: Vec<Tensor> = (0..n)
+            .step_by(rows as usize)
+            .map(|start| {
+                let sel_r = sel.narrow(1, start, rows.min(n - start));
+                gather_rows(&x_q, &sel_r).bmm(&keys_t).softmax(-1, x_q.kind()).bmm(&y)
+            })
+            .collect();
+        ctx.save_for_backward(inputs.iter().map(|t| t.shallow_clone()));
+        Ok(vec![Tensor::cat(&blocks, 1).to_kind(self.y_kind)])
     }
 
-    // dA = dV Yᵀ,  dY = Aᵀ dV.
+    // Per block r, with A_r recomputed:
+    //   dY    += A_rᵀ dV_r                       (formed transposed: dYᵀ += dV_rᵀ A_r)
+    //   dA_r   = dV_r Yᵀ,   dS_r = softmax_backward(A_r, dA_r)
+    //   dX_k  += dS_rᵀ Q_r                       (transposed: dX_kᵀ += Q_rᵀ dS_r)
+    //   dQ_r   = dS_r X_k  → index-add into dX_q at the rows sel_r
+    // Gradients are accumulated transposed (C × P, the layout of the feature maps the views
+    // came from); with shared keys dX_k and dX_q are one buffer.
     fn backward(&self, ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
-        let Some(dv) = &grads[0] else { return Ok(vec![None, None]) };
-        let [a, y] = ctx.saved() else { return Err(invalid("qs_route_global: bad saved state")) };
-        let dv = dv.to_kind(a.kind());
-        let da = ctx
-            .needs_input_grad(0)
-            .then(|| check::grad_as(dv.bmm(&y.to_kind(a.kind()).transpose(1, 2)), self.a_kind));
-        let dy = ctx.needs_input_grad(1).then(|| check::grad_as(a.transpose(1, 2).bmm(&dv), self.y_kind));
-        Ok(vec![da, dy])
+        let shared_keys = self.k_kind.is_none();
+        let n_inputs = if shared_keys { 3 } else { 4 };
+        let Some(dv) = &grads[0] else { return Ok((0..n_inputs).map(|_| None).collect()) };
+        let (x_q, sel, y, x_k) = self.operands(ctx.saved())?;
+        let dv = dv.to_kind(x_q.kind());
+        let (b, n) = (sel.size()[0], sel.size()[1]);
+        let (p_q, p_k, c) = (x_q.size()[1], x_k.size()[1], x_q.size()[2]);
+        let opts = (x_q.kind(), x_q.device());
+        let need_q = ctx.needs_input_grad(0);
+        let need_y = ctx.needs_input_grad(2);
+        let need_k = if shared_keys { need_q } else { ctx.needs_input_grad(3) };
+        let mut dq_t = need_q.then(|| Tensor::zeros([b, c, p_q], opts));
+        let mut dk_t = (need_k && !shared_keys).then(|| Tensor::zeros([b, c, p_k], opts));
+        let mut dy_t = need_y.then(|| Tensor::zeros([b, y.size()[2], p_k], opts));
+        let rows = row_block(b, p_k, n, x_q.device());
+        let (keys_t, values_t) = (x_k.transpose(1, 2), y.transpose(1, 2));
+        for start in (0..n).step_by(rows as usize) {
+            let len = rows.min(n - start);
+            let sel_r = sel.narrow(1, start, len);
+            let q_r = gather_rows(&x_q, &sel_r);
+            let a_r = q_r.bmm(&keys_t).softmax(-1, x_q.kind());
+            let dv_r = dv.narrow(1, start, len);
+            if let Some(dy_t) = dy_t.as_mut() {
+                let _ = dy_t.baddbmm_(&dv_r.transpose(1, 2), &a_r);
+            }
+            if !(need_q || need_k) {
+                continue;
+            }
+            let ds_r = softmax_backward(&a_r, &dv_r.bmm(&values_t));
+            drop(a_r);
+            if need_k {
+                let target = if shared_keys { dq_t.as_mut() } else { dk_t.as_mut() };
+                let _ = target.expect("allocated when needed").baddbmm_(&q_r.transpose(1, 2), &ds_r);
+            }
+            if let Some(dq_t) = dq_t.as_mut() {
+                let dq_r = ds_r.bmm(&x_k).transpose(1, 2); // B × C × rows
+                let _ = dq_t.scatter_add_(2, &sel_r.unsqueeze(1).expand([-1, c, -1], false), &dq_r);
+            }
+        }
+        let out = |g: Option<Tensor>, kind: Kind| g.map(|g| check::grad_as(g.transpose(1, 2), kind));
+        let mut result = vec![out(dq_t, self.q_kind), None, out(dy_t, self.y_kind)];
+        if let Some(k_kind) = self.k_kind {
+            result.push(out(dk_t, k_kind));
+        }
+        Ok(result)
     }
 }

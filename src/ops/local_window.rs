@@ -18,7 +18,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::check;
-use super::global_attention::{block_elements, softmax_entropy};
+use super::global_attention::{block_elements, gather_rows, softmax_backward, softmax_entropy};
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
 
@@ -196,25 +196,26 @@ impl AutogradOp for LocalAttention {
         let kind = check::compute_kind("features", &inputs[0])?;
         let (x, sel) = (inputs[0].to_kind(kind), &inputs[1]);
         let keys = self.window.keys(&self.window.gather(&self.window.pad(&x), &self.window.window_rows(sel)));
-        let xq = super::global_attention::gather_rows(&x, sel);
+        let xq = gather_rows(&x, sel);
         let a = keys.matmul(&xq.unsqueeze(-1)).squeeze_dim(-1).softmax(-1, kind);
         ctx.save_for_backward([inputs[0].shallow_clone(), sel.shallow_clone(), a.shallow_clone()]);
         Ok(vec![a])
     }
 
-    // dS = A ⊙ (dA − Σ_t dA⊙A).  s = K x:
+    // s = K x:
     //   dx_n = Σ_t dS[n,t] K_n[t,:]            → index-add into dX at rows sel
     //   dK_n[t,c] = dS[n,t] x_n[c]             → keys_adjoint → window scatter into dX.
+    // (dS = softmax_backward(A, dA).)
     fn backward(&self, ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let (Some(da), true) = (&grads[0], ctx.needs_input_grad(0)) else { return Ok(vec![None, None]) };
         let [x, sel, a] = ctx.saved() else { return Err(invalid("qs_local_attention: bad saved state")) };
         let kind = a.kind();
         let x = x.to_kind(kind);
         let da = da.to_kind(kind);
-        let ds = a * (&da - (&da * a).sum_dim_intlist(-1, true, kind));
+        let ds = softmax_backward(a, &da);
         let rows = self.window.window_rows(sel);
         let keys = self.window.keys(&self.window.gather(&self.window.pad(&x), &rows));
-        let xq = super::global_attention::gather_rows(&x, sel);
+        let xq = gather_rows(&x, sel);
         let dxq = ds.unsqueeze(-2).matmul(&keys).squeeze_dim(-2);
         let d_keys = ds.unsqueeze(-1) * xq.unsqueeze(-2);
         let b = x.size()[0];

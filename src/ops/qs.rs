@@ -2,12 +2,16 @@
 //! features, then route the source features (key branch) and the translated features (query
 //! branch) with that selection.
 //!
-//! | mode          | selection entropy            | attention kept (`attn`)        | routing           |
+//! | mode          | selection entropy            | attention (`attn`)             | routing           |
 //! |---------------|------------------------------|--------------------------------|-------------------|
 //! | `global`      | softmax(X Xᵀ) rows           | softmax(X[sel] Xᵀ), B × N × P  | `attn · Y`        |
 //! | `local`       | window softmax (layout)      | window softmax, B × N × k²     | window routing    |
 //! | `local_global`| window softmax (layout)      | softmax(X[sel] Xᵀ), B × N × P  | `attn · Y`        |
 //! | `cross`       | as `global`                  | as `global`                    | keys: `attn · X`; queries: [`qs_cross_route`] |
+//!
+//! For the global-attention modes the selection keeps the source features and the indices, not
+//! the `B × N × P` attention: routing recomputes it in blocks ([`attend_and_route`]), and
+//! [`Selection::attn`] materialises it on request.
 //!
 //! `cross` is an extension of ours, not in the paper's code (spec §8.7): the query branch uses
 //! cross-domain attention of the selected source positions over the translation,
@@ -19,7 +23,7 @@
 use tch::{TchError, Tensor};
 
 use super::check;
-use super::global_attention::{global_entropy, route_global, selected_attention};
+use super::global_attention::{attend_and_route, global_entropy, selected_attention};
 use super::local_window::{local_attention, local_entropy, route_local, LocalLayout, Window};
 use crate::error::invalid;
 
@@ -51,14 +55,30 @@ pub struct Selection {
     pub mode: QsMode,
     /// Selected raster positions per image, lowest entropy first: `B × N` (int64).
     pub indices: Tensor,
-    /// The reduced attention: `B × N × P` (global, local_global, cross) or `B × N × k²` (local).
-    pub attn: Tensor,
-    /// The source features `B × P × C` (kept for the cross-domain query branch only).
-    pub source: Option<Tensor>,
+    /// The source features `B × P × C` the attention is computed from (a view of the map,
+    /// detached when the selection was made with `detach_attn`).
+    pub source: Tensor,
+    /// The window attention `B × N × k²` (mode `local` only).
+    pub local_attn: Option<Tensor>,
     pub height: i64,
     pub width: i64,
     pub window: i64,
     pub layout: LocalLayout,
+}
+
+impl Selection {
+    /// The reduced attention, differentiable w.r.t. the source features: `B × N × P`
+    /// (`softmax(X[sel] Xᵀ)`, global, local_global, cross) or `B × N × k²` (local).
+    pub fn attn(&self) -> Result<Tensor, TchError> {
+        match &self.local_attn {
+            Some(a) => Ok(a.shallow_clone()),
+            None => selected_attention(&self.source, &self.indices),
+        }
+    }
+
+    fn window(&self) -> Result<Window, TchError> {
+        Window::new(self.height, self.width, self.window, self.layout)
+    }
 }
 
 /// `B × C × H × W` → `B × P × C` (raster order `l = h·W + w`), with the shape.
@@ -125,13 +145,12 @@ pub fn qs_select(
         };
         lowest(&entropy, num_patches)
     };
-    let x_attn = if detach_attn { x.detach() } else { x.shallow_clone() };
-    let attn = match mode {
-        QsMode::Local => local_attention(&x_attn, &indices, win)?,
-        _ => selected_attention(&x_attn, &indices, &x_attn)?,
+    let source = if detach_attn { x.detach() } else { x };
+    let local_attn = match mode {
+        QsMode::Local => Some(local_attention(&source, &indices, win)?),
+        _ => None,
     };
-    let source = (mode == QsMode::Cross).then(|| x_attn.shallow_clone());
-    Ok(Selection { mode, indices, attn, source, height: h, width: w, window, layout })
+    Ok(Selection { mode, indices, source, local_attn, height: h, width: w, window, layout })
 }
 
 /// Checks that `feat` (`B × C × H × W`) can be routed with `sel` and flattens it.
@@ -144,37 +163,33 @@ fn flatten_for(feat: &Tensor, sel: &Selection) -> Result<Tensor, TchError> {
             sel.height, sel.width
         )));
     }
-    check::same_device("feat", feat, "the selection", &sel.attn)?;
+    check::same_device("feat", feat, "the selection", &sel.indices)?;
     Ok(y)
 }
 
 /// Routes `feat` (source or translation, `B × C × H × W`) with the selection: `B × N × C`.
 pub fn qs_route(feat: &Tensor, sel: &Selection) -> Result<Tensor, TchError> {
     let y = flatten_for(feat, sel)?;
-    match sel.mode {
-        QsMode::Local => {
-            let win = Window::new(sel.height, sel.width, sel.window, sel.layout)?;
-            route_local(&sel.attn, &y, &sel.indices, win)
-        }
-        _ => route_global(&sel.attn, &y),
+    match &sel.local_attn {
+        Some(a) => route_local(a, &y, &sel.indices, sel.window()?),
+        None => attend_and_route(&sel.source, &sel.indices, None, &y),
     }
 }
 
 /// The cross-domain query branch (mode `cross`): `softmax(X_src[sel] · X_tgtᵀ) · X_tgt`,
 /// `B × N × C`, for the translated features `feat_tgt`.
 pub fn qs_cross_route(feat_tgt: &Tensor, sel: &Selection) -> Result<Tensor, TchError> {
-    let Some(source) = &sel.source else {
+    if sel.mode != QsMode::Cross {
         return Err(invalid(format!("qs_cross_route needs a selection made with mode 'cross', got {:?}", sel.mode)));
-    };
+    }
     let y = flatten_for(feat_tgt, sel)?;
-    if y.size()[2] != source.size()[2] {
+    if y.size()[2] != sel.source.size()[2] {
         return Err(invalid(format!(
             "feat_tgt has {} channels but the source features have {}",
             y.size()[2],
-            source.size()[2]
+            sel.source.size()[2]
         )));
     }
-    check::same_kind("feat_tgt", &y, "the source features", source)?;
-    let attn = selected_attention(source, &sel.indices, &y)?;
-    route_global(&attn, &y)
+    check::same_kind("feat_tgt", &y, "the source features", &sel.source)?;
+    attend_and_route(&sel.source, &sel.indices, Some(&y), &y)
 }
