@@ -12,11 +12,12 @@
 //   when passed to Rust, owned (moved out and deleted here) when Rust hands them over.
 //
 // Backward is first-order only: Rust computes gradients under no-grad and, when a higher-order
-// graph is requested, the returned gradients carry a DelayedError node, exactly what Python's
-// `@once_differentiable` does, so differentiating twice fails loudly instead of silently.
+// graph is requested (create_graph=True), the returned gradients get an Error node, so
+// differentiating them again fails loudly instead of silently giving zero.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 
 #include <memory>
 #include <stdexcept>
@@ -139,14 +140,16 @@ struct RustFunction : public torch::autograd::Function<RustFunction> {
                 " gradients for ", n_inputs, " inputs");
     variable_list grads = std::move(sink.tensors);
     if (higher_order) {
-      bool any_requires_grad = false;
-      for (const auto& g : grad_outputs) any_requires_grad |= g.defined() && g.requires_grad();
-      if (any_requires_grad) {
-        auto err = std::make_shared<torch::autograd::DelayedError>(
-            std::string("qs_attn ") + qs_rs_op_name(holder->op) +
-                " supports first-order gradients only (its backward is not differentiable)",
-            static_cast<int64_t>(grads.size()));
-        grads = (*err)(std::move(grads));
+      // create_graph=True: the gradients computed above carry no graph of their own, so
+      // differentiating them again would silently give zero. Give each an Error node instead.
+      auto err = std::make_shared<torch::autograd::Error>(
+          std::string("qs_attn ") + qs_rs_op_name(holder->op) +
+              " supports first-order gradients only (its backward is not differentiable)",
+          torch::autograd::edge_list{});
+      for (auto& g : grads) {
+        if (!g.defined()) continue;
+        g = g.detach();
+        torch::autograd::set_history(g, err);
       }
     }
     variable_list result;

@@ -15,9 +15,17 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
 }
 
-fn features(seed: i64, shape: &[i64]) -> Tensor {
+/// Seeded normal samples. libtorch's generator is global and the tests run on parallel
+/// threads, so seeding and drawing happen under one lock.
+fn seeded_randn(seed: i64, shape: &[i64]) -> Tensor {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
-    (Tensor::randn(shape, (Kind::Double, tch::Device::Cpu)) * 0.3).set_requires_grad(true)
+    Tensor::randn(shape, (Kind::Double, tch::Device::Cpu))
+}
+
+fn features(seed: i64, shape: &[i64]) -> Tensor {
+    (seeded_randn(seed, shape) * 0.3).set_requires_grad(true)
 }
 
 fn flatten(f: &Tensor) -> Tensor {
@@ -38,9 +46,9 @@ fn grads(loss: &Tensor, inputs: &[&Tensor]) -> Vec<Tensor> {
 
 /// Random weights for a scalar test loss Σ w·out.
 fn weighted_sum(outs: &[&Tensor]) -> Tensor {
-    tch::manual_seed(99);
     outs.iter()
-        .map(|o| (*o * Tensor::randn(o.size(), (Kind::Double, tch::Device::Cpu))).sum(Kind::Double))
+        .enumerate()
+        .map(|(i, o)| (*o * seeded_randn(99 + i as i64, &o.size()).to_device(o.device())).sum(Kind::Double))
         .fold(Tensor::from(0.0f64), |a, b| a + b)
 }
 
@@ -223,4 +231,32 @@ fn bad_inputs_are_errors_not_panics() {
     let sel = ops::qs_select(&f, 4, QsMode::Global, 7, LocalLayout::Geometric, false).unwrap();
     let other = features(10, &[1, 3, 5, 4]).detach();
     assert!(ops::qs_route(&other, &sel).unwrap_err().to_string().contains("selection was made"));
+}
+
+#[test]
+fn cuda_results_match_cpu_when_available() {
+    if !tch::Cuda::is_available() {
+        return;
+    }
+    let dev = tch::Device::Cuda(0);
+    let src = features(11, &[2, 6, 8, 8]);
+    let tgt = features(12, &[2, 6, 8, 8]);
+    let run = |s: &Tensor, t: &Tensor, mode: QsMode| {
+        let sel = ops::qs_select(s, 16, mode, 3, LocalLayout::Reference, false).unwrap();
+        let k = ops::qs_route(s, &sel).unwrap();
+        let q = if mode == QsMode::Cross { ops::qs_cross_route(t, &sel).unwrap() } else { ops::qs_route(t, &sel).unwrap() };
+        let loss = ops::patch_nce_loss(&q.flatten(0, 1), &k.flatten(0, 1), 0.07, 2, Reduction::Mean, true).unwrap();
+        let g = grads(&loss, &[s, t]);
+        (sel.indices.to_device(tch::Device::Cpu), loss.to_device(tch::Device::Cpu), g)
+    };
+    for mode in [QsMode::Global, QsMode::Local, QsMode::LocalGlobal, QsMode::Cross] {
+        let (idx_cpu, loss_cpu, g_cpu) = run(&src, &tgt, mode);
+        let (s, t) = (src.detach().to_device(dev).set_requires_grad(true), tgt.detach().to_device(dev).set_requires_grad(true));
+        let (idx_gpu, loss_gpu, g_gpu) = run(&s, &t, mode);
+        assert_eq!(idx_cpu, idx_gpu, "{mode:?}");
+        assert_close("loss", &loss_gpu, &loss_cpu, 1e-9);
+        for (a, b) in g_gpu.iter().zip(&g_cpu) {
+            assert_close("grad", &a.to_device(tch::Device::Cpu), b, 1e-9);
+        }
+    }
 }

@@ -20,17 +20,14 @@ pub fn block_elements(device: Device) -> i64 {
 }
 
 /// Entropy of each softmax row with the reference's formula (spec §8.1 step 3, Q6):
-/// `p = softmax(s)`, `H = Σ p·φ(p)` with `φ(p) = −ln p` and `φ(0) = 0`.
-/// Evaluated as `H = −Σ p·ln p` with `ln 0 = −∞` replaced by 0: the products are exactly the
-/// reference's negated, so the rows of entropy exactly 0 (the ties of Q5) are the same rows.
-/// `logits` is `… × K`; returns `…`. Consumes its argument to reuse the memory.
+/// `p = softmax(s)`, `H = Σ p·φ(p)` with `φ(p) = −ln p` and `φ(0) = 0`, i.e. `Σ entr(p)` with
+/// `entr(p) = −p·ln p`, `entr(0) = 0`: the terms are the reference's, so the rows of entropy
+/// exactly 0 (the ties of Q5) are the same rows. Two kernels and two buffers per block.
+/// `logits` is `… × K`; returns `…`. Consumes its argument to free it early.
 pub fn softmax_entropy(logits: Tensor) -> Tensor {
     let p = logits.softmax(-1, logits.kind());
     drop(logits);
-    let mut log_p = p.log();
-    let _ = log_p.nan_to_num_(f64::NAN, None::<f64>, 0.0); // −∞ (p = 0) → 0; NaN cannot occur
-    // Row-wise dot products Σ_j p_j·ln p_j in one pass (a batched matrix-vector product).
-    -p.unsqueeze(-2).matmul(&log_p.unsqueeze(-1)).squeeze_dim(-1).squeeze_dim(-1)
+    p.special_entr().sum_dim_intlist(-1, false, p.kind())
 }
 
 /// `H[b, i]` = entropy of row i of `softmax(X_b X_bᵀ)` for every position (no gradient).

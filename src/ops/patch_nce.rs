@@ -80,7 +80,7 @@ impl AutogradOp for PatchNce {
     //   S = Q_b K_bᵀ                                  (M × M)
     //   logits[m] = [S[m,m], S[m,0..M] with S[m,m] := −10] / τ      (length M + 1)
     //   ℓ[m] = logsumexp(logits[m]) − logits[m][0]  = −log softmax(logits[m])[0]
-    // Saved: Q, K and the softmax p of the logits (B × M × (M+1)).
+    // Saved: the inputs Q, K and the softmax p of the logits (B × M × (M+1)).
     fn forward(&mut self, ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
         let kind = check::compute_kind("feat_q", &inputs[0])?;
         let (rows, dim) = (inputs[0].size()[0], inputs[0].size()[1]);
@@ -94,7 +94,8 @@ impl AutogradOp for PatchNce {
         let lse = logits.logsumexp([2], true);
         let per_row = (&lse - logits.narrow(2, 0, 1)).reshape([rows]);
         let p = (&logits - &lse).exp();
-        ctx.save_for_backward([q, k, p]);
+        // The inputs themselves (not views made here), so autograd's in-place checks apply.
+        ctx.save_for_backward([inputs[0].shallow_clone(), inputs[1].shallow_clone(), p]);
         let loss = match self.reduction {
             Reduction::None => per_row,
             Reduction::Mean => per_row.mean(kind),
@@ -110,7 +111,8 @@ impl AutogradOp for PatchNce {
     fn backward(&self, ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let Some(g) = &grads[0] else { return Ok(vec![None, None]) };
         let [q, k, p] = ctx.saved() else { return Err(invalid("patch_nce_loss: bad saved state")) };
-        let (b, m) = (q.size()[0], q.size()[1]);
+        let (b, m) = (p.size()[0], p.size()[1]);
+        let (q, k) = (q.to_kind(p.kind()).reshape([b, m, -1]), k.to_kind(p.kind()).reshape([b, m, -1]));
         let g_rows = match self.reduction {
             Reduction::None => g.to_kind(p.kind()).reshape([b, m, 1]),
             Reduction::Mean => (g.to_kind(p.kind()) / (b * m) as f64).reshape([1, 1, 1]),
@@ -121,9 +123,9 @@ impl AutogradOp for PatchNce {
         let rows = b * m;
         let dq = ctx
             .needs_input_grad(0)
-            .then(|| check::grad_as(ds.bmm(k).reshape([rows, -1]), self.input_kind));
+            .then(|| check::grad_as(ds.bmm(&k).reshape([rows, -1]), self.input_kind));
         let dk = (!self.detach_keys && ctx.needs_input_grad(1))
-            .then(|| check::grad_as(ds.transpose(1, 2).bmm(q).reshape([rows, -1]), self.input_kind));
+            .then(|| check::grad_as(ds.transpose(1, 2).bmm(&q).reshape([rows, -1]), self.input_kind));
         Ok(vec![dq, dk])
     }
 }

@@ -37,9 +37,9 @@ def oracle(src, tgt, n, mode, layout):
 
 @pytest.mark.parametrize("mode,layout", CONFIGS)
 def test_cuda_matches_cpu_float64_oracle(mode, layout):
-    b, c, h, w, n = 2, 32, 16, 16, 64
+    b, c, h, w, n = 2, 32, 16, 16, 32
     src64 = ref.tie_free_feat((b, c, h, w), n, [ref.entropy_fn(mode, 7, layout)], dtype=torch.float64,
-                              scale=0.3, min_gap=1e-4, seed=3)
+                              scale=0.3, min_gap=1e-5, seed=3)
     tgt64 = 0.3 * torch.randn(b, c, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     weights = torch.randn(b * n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
