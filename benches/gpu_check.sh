@@ -20,5 +20,9 @@ for t in gpu_carry/*; do
     LD_LIBRARY_PATH="$torch_lib" "$t" 2>&1 | grep -E "^test |test result"
 done
 
+echo "== Profile of the global step"
+PROFILE=1 python3 benches/profile_gpu.py 2>&1 | tee "$OUT/profile_gpu.txt" | head -60
+for b in 1048576 4194304 16777216; do QS_ATTN_BLOCK_ELEMENTS=$b python3 benches/profile_gpu.py; done
+
 echo "== Op benchmark (CUDA)"
 python3 benches/bench_ops.py --device cuda --sizes 64 128 --json "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt"

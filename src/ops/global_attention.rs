@@ -11,12 +11,18 @@ use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
 
 /// Elements of one `rows × P` block of logits: bounds the working memory of the entropy pass
-/// (two such buffers live at once). Larger on CUDA, where kernel launches are the cost.
+/// and of routing (two such buffers live at once). Larger on CUDA, where kernel launches are
+/// the cost. The environment variable `QS_ATTN_BLOCK_ELEMENTS` overrides it (read once), to
+/// trade memory for fewer, larger kernels.
 pub fn block_elements(device: Device) -> i64 {
-    match device {
+    static OVERRIDE: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
+    let fixed = OVERRIDE.get_or_init(|| {
+        std::env::var("QS_ATTN_BLOCK_ELEMENTS").ok().and_then(|v| v.parse::<i64>().ok()).filter(|&v| v > 0)
+    });
+    fixed.unwrap_or(match device {
         Device::Cuda(_) => 1 << 21,
         _ => 1 << 18,
-    }
+    })
 }
 
 /// Entropy of each softmax row with the reference's formula (spec §8.1 step 3, Q6):
