@@ -12,6 +12,12 @@ Functional API::
     queries = qs_attn.qs_route(feat_tgt, sel)     # same attention, translated features
 
 Modules: :class:`qs_attn.nn.PatchNCELoss`, :class:`qs_attn.nn.PatchSampleF`.
+
+Training and inference (Rust networks and loop)::
+
+    result = qs_attn.train(name="emoji", mode="global", n_epochs=5, crop_size=64)
+    G = qs_attn.load_generator(result.checkpoint)      # or a reference latest_net_G.pth
+    y = G(x)                                           # x: N x 3 x H x W in [-1, 1]
 """
 # torch must be imported before the extension: it loads libtorch and registers torch.Tensor.
 import torch  # noqa: F401
@@ -28,11 +34,24 @@ from ._ops import (
 )
 from ._native import PatchSampler
 from . import nn
+from .models import Generator, checkpoint_state_dicts, export_pth, import_pth, load_generator, translate
+from .train import TrainResult, bundled_dataset, plot_losses, resume, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Generator",
     "PatchSampler",
+    "TrainResult",
+    "bundled_dataset",
+    "checkpoint_state_dicts",
+    "export_pth",
+    "import_pth",
+    "load_generator",
+    "plot_losses",
+    "resume",
+    "train",
+    "translate",
     "QSSelection",
     "nn",
     "patch_nce_loss",

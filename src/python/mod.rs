@@ -1,4 +1,5 @@
-//! The `qs_attn._native` extension: thin pyo3 wrappers over `crate::ops`. Tensors cross as
+//! The `qs_attn._native` extension: thin pyo3 wrappers over `crate::ops` (here) and over the
+//! trainer, the generator and image I/O (`train.rs`). Tensors cross as
 //! `torch.Tensor` without copies (pyo3-tch), so the custom autograd nodes join the caller's
 //! graph. The GIL is released while an op runs. The documented Python API is in
 //! `python/qs_attn/`.
@@ -9,6 +10,8 @@ use tch::{Device, TchError};
 
 use crate::error::message;
 use crate::ops::{self, EntropyOf, LocalLayout, PatchSampler, QsMode, Reduction, Selection};
+
+mod train;
 
 fn to_py(e: TchError) -> PyErr {
     PyValueError::new_err(message(&e))
@@ -152,5 +155,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(qs_cross_route, m)?)?;
     m.add_function(wrap_pyfunction!(qs_attention, m)?)?;
     m.add_class::<PyPatchSampler>()?;
+    train::register(m)?;
     Ok(())
 }

@@ -1,0 +1,93 @@
+"""The ``qs-attn`` command: train, resume, translate, import-pth, export-pth.
+
+Options after the subcommand's own are the training options as ``--name value`` pairs with
+the reference's names (``--n_epochs 5 --lambda_NCE 2 --nce_idt false``); values are parsed as
+JSON where possible (numbers, true/false, lists like ``[0,4,8]``), else taken as strings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Dict, List
+
+__all__ = ["main"]
+
+
+def _options(pairs: List[str]) -> Dict[str, object]:
+    if len(pairs) % 2:
+        raise SystemExit(f"options come in '--name value' pairs, got {pairs!r}")
+    out: Dict[str, object] = {}
+    for flag, value in zip(pairs[::2], pairs[1::2]):
+        if not flag.startswith("--"):
+            raise SystemExit(f"expected an option like --n_epochs, got {flag!r}")
+        try:
+            out[flag[2:]] = json.loads(value)
+        except json.JSONDecodeError:
+            out[flag[2:]] = value
+    return out
+
+
+def _report(result) -> int:
+    print(f"run folder:  {result.run_dir}")
+    print(f"checkpoint:  {result.checkpoint}")
+    if result.samples:
+        print(f"samples:     {result.samples[-1]}")
+    print(f"loss log:    {result.log}")
+    print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.final_losses.items())))
+    return 130 if result.interrupted else 0
+
+
+def main(argv=None) -> int:
+    import qs_attn
+
+    parser = argparse.ArgumentParser(prog="qs-attn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train on a dataset folder (default: the bundled emoji set)")
+    p.add_argument("--dataroot", default=None)
+    p.add_argument("--name", default="experiment")
+    p.add_argument("--mode", default="global", choices=["global", "local", "local_global", "cross", "none"])
+    p = sub.add_parser("resume", help="continue a run from its checkpoint")
+    p.add_argument("checkpoint")
+    p = sub.add_parser("translate", help="translate an image or a folder with a trained generator")
+    p.add_argument("generator", help="our checkpoint (.safetensors) or a reference latest_net_G.pth")
+    p.add_argument("input", help="an image file or a folder")
+    p.add_argument("output_dir")
+    p.add_argument("--size", type=int, default=256, help="resize to size x size (0: native size)")
+    p.add_argument("--device", default="cpu")
+    p = sub.add_parser("import-pth", help="make a training checkpoint from reference .pth files")
+    p.add_argument("out", help="checkpoint to write (.safetensors)")
+    p.add_argument("--G", required=True)
+    p.add_argument("--D")
+    p.add_argument("--F")
+    p = sub.add_parser("export-pth", help="write <prefix>_net_{G,D,F}.pth from our checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--prefix", default="latest")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.command == "train":
+            return _report(qs_attn.train(args.dataroot, name=args.name, mode=args.mode, **_options(rest)))
+        if args.command == "resume":
+            return _report(qs_attn.resume(args.checkpoint, **_options(rest)))
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "translate":
+            written = qs_attn.translate(args.generator, args.input, args.output_dir,
+                                        size=args.size or None, device=args.device)
+            print(f"wrote {len(written)} images to {args.output_dir}")
+        elif args.command == "import-pth":
+            files = {net: path for net, path in (("G", args.G), ("D", args.D), ("F", args.F)) if path}
+            print(f"wrote {qs_attn.import_pth(files, args.out)}")
+        elif args.command == "export-pth":
+            for path in qs_attn.export_pth(args.checkpoint, args.out_dir, args.prefix):
+                print(f"wrote {path}")
+        return 0
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"qs-attn: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+//! The networks of CUT / QS-Attn (spec §3, §4, §7) on tch. Variable names equal the reference's
+//! PyTorch `state_dict` keys (`model.{idx}.weight`, `model.{idx}.filt`, `mlp_{s}.0.weight`, …),
+//! so released weights map one to one.
+//!
+//! This file holds the layers the generator and the discriminator share; each network is a flat
+//! sequence of [`Layer`]s whose positions are the reference's module indices.
+pub mod discriminator;
+pub mod generator;
+pub mod init;
+pub mod projector;
+pub mod resample;
+
+pub use discriminator::{Discriminator, DiscriminatorConfig};
+pub use generator::{Generator, GeneratorConfig};
+pub use init::{init_weights, InitType};
+pub use projector::{Projector, ProjectorConfig, SlotSample};
+pub use resample::{Down, Up};
+
+use tch::{nn, TchError, Tensor};
+
+/// Instance-norm epsilon (PyTorch's default).
+const IN_EPS: f64 = 1e-5;
+
+/// A k×k convolution with bias (variables `weight`, `bias`), plain or transposed.
+pub(crate) struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+    padding: i64,
+    /// `Some(output_padding)` for a transposed convolution.
+    transposed: Option<i64>,
+}
+
+impl Conv {
+    /// `conv(in → out, k, stride, zero padding)`; weight `out × in × k × k`.
+    pub(crate) fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> Self {
+        Self::build(p, [c_out, c_in, k, k], c_out, stride, padding, None)
+    }
+
+    /// `conv_transpose(in → out, k, stride, padding, output_padding)`; weight `in × out × k × k`.
+    pub(crate) fn transposed(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64, output_padding: i64) -> Self {
+        Self::build(p, [c_in, c_out, k, k], c_out, stride, padding, Some(output_padding))
+    }
+
+    // PyTorch-like defaults (uniform, fan-in scaled weight); `init::init_weights` replaces them.
+    fn build(p: nn::Path, dims: [i64; 4], c_out: i64, stride: i64, padding: i64, transposed: Option<i64>) -> Self {
+        let weight = p.var("weight", &dims, nn::init::DEFAULT_KAIMING_UNIFORM);
+        let bias = p.zeros("bias", &[c_out]);
+        Conv { weight, bias, stride, padding, transposed }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let (s, p) = ([self.stride; 2], [self.padding; 2]);
+        match self.transposed {
+            None => x.f_conv2d(&self.weight, Some(&self.bias), s, p, [1, 1], 1),
+            Some(op) => x.f_conv_transpose2d(&self.weight, Some(&self.bias), s, p, [op; 2], 1, [1, 1]),
+        }
+    }
+}
+
+/// One element of a network's flat sequence.
+pub(crate) enum Layer {
+    /// Reflection padding by `n` on every side.
+    ReflectionPad(i64),
+    Conv(Conv),
+    /// Instance norm: per (b, c), `(x − mean) / sqrt(var + 1e-5)` over H·W, biased variance,
+    /// no affine parameters, no running statistics.
+    InstanceNorm,
+    Relu,
+    /// `max(x, 0) + slope · min(x, 0)`.
+    LeakyRelu(f64),
+    Tanh,
+    Down(Down),
+    Up(Up),
+    /// `x + body(x)` (the generator's ResBlock, body = `conv_block`).
+    Residual(Vec<Layer>),
+}
+
+impl Layer {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        match self {
+            Layer::ReflectionPad(n) => x.f_reflection_pad2d([*n; 4]),
+            Layer::Conv(conv) => conv.forward(x),
+            Layer::InstanceNorm => {
+                x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, IN_EPS, true)
+            }
+            Layer::Relu => x.f_relu(),
+            // prelu with one shared slope is leaky ReLU (gradient `slope` at 0, as leaky_relu).
+            Layer::LeakyRelu(slope) => {
+                x.f_prelu(&Tensor::f_from_slice(&[*slope])?.f_to_kind(x.kind())?.f_to_device(x.device())?)
+            }
+            Layer::Tanh => x.f_tanh(),
+            Layer::Down(down) => down.f_forward(x),
+            Layer::Up(up) => up.f_forward(x),
+            Layer::Residual(body) => x.f_add(&run(body, x)?),
+        }
+    }
+}
+
+/// Runs a sequence of layers.
+pub(crate) fn run(layers: &[Layer], x: &Tensor) -> Result<Tensor, TchError> {
+    layers.iter().try_fold(x.shallow_clone(), |h, layer| layer.forward(&h))
+}
+
+/// Checks that `x` is a `B × channels × H × W` batch.
+pub(crate) fn check_images(what: &str, x: &Tensor, channels: i64) -> Result<(), TchError> {
+    let s = x.size();
+    if s.len() != 4 || s[1] != channels {
+        return Err(crate::error::invalid(format!(
+            "{what} expects a (B, {channels}, H, W) tensor, got shape {s:?}"
+        )));
+    }
+    Ok(())
+}

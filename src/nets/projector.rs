@@ -1,0 +1,245 @@
+//! netF (spec §7): per tapped feature map ("slot" s), pick N rows, project them with the slot's
+//! MLP `Linear(C_s → nc) → ReLU → Linear(nc → nc)` (`mlp_{s}.0`, `mlp_{s}.2`) and L2-normalise
+//! each row, `v / (‖v‖₂ + 1e-7)`.
+//!
+//! * Random slots (CUT, §7.2): rows at random raster positions, the first `min(N, P)` of a
+//!   random permutation, shared by the batch (reference) or drawn per image; the target call
+//!   reuses the positions. Slot 0 samples whatever map it gets (the reflection-padded image,
+//!   Q19).
+//! * QS slots (§8): `ops::qs_select` on the source map (per image, lowest attention entropy),
+//!   rows `A_QS · X_src` (keys); the target call routes the translated map with the same
+//!   selection, `A_QS · X_tgt` (queries), or in mode `cross` `softmax(X_src[sel] X_tgtᵀ) X_tgt`.
+//!
+//! The MLPs are built eagerly from the channel list (Q16), so weights load before the first
+//! call; initialise them with `init::init_weights` (§3.1).
+use tch::{nn, Kind, TchError, Tensor};
+
+use crate::error::invalid;
+use crate::ops::{self, LocalLayout, PatchSampler, QsMode, Selection};
+
+/// Added to the row norm before dividing (the reference's L2 normalisation).
+const NORM_EPS: f64 = 1e-7;
+
+#[derive(Clone, Debug)]
+pub struct ProjectorConfig {
+    /// Projection width (`netF_nc`, 256).
+    pub nc: i64,
+    pub use_mlp: bool,
+    /// QS-Attn mode of the `qs_slots`; `None` = CUT, every slot random.
+    pub mode: Option<QsMode>,
+    /// Slots that use QS-Attn (the reference: 3 and 4, the last two of five taps).
+    pub qs_slots: Vec<usize>,
+    /// Local window side (7).
+    pub window: i64,
+    pub layout: LocalLayout,
+    /// Random slots: draw ids per image instead of sharing them across the batch.
+    pub per_image_ids: bool,
+    /// Cut the gradient through the QS attention (ablation; off in the reference).
+    pub detach_attn: bool,
+}
+
+/// What a source call sampled in one slot, for the target call.
+pub enum SlotSample {
+    /// Random positions: `(N,)` shared by the batch or `(B, N)` per image, int64, on the
+    /// features' device.
+    Random(Tensor),
+    /// The QS-Attn selection made on the source features.
+    Qs(Selection),
+}
+
+/// `Linear(C → nc) → ReLU → Linear(nc → nc)`.
+struct Mlp {
+    first: nn::Linear,
+    second: nn::Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_linear(&self.first.ws, self.first.bs.as_ref())?
+            .f_relu()?
+            .f_linear(&self.second.ws, self.second.bs.as_ref())
+    }
+}
+
+pub struct Projector {
+    channels: Vec<i64>,
+    /// One per slot when `use_mlp`, else empty.
+    mlps: Vec<Mlp>,
+    cfg: ProjectorConfig,
+}
+
+impl Projector {
+    /// One slot per entry of `channels` (the tapped maps' channel counts, e.g. 3, 128, 256,
+    /// 256, 256).
+    pub fn new(p: &nn::Path, channels: &[i64], cfg: &ProjectorConfig) -> Self {
+        let mlps = if cfg.use_mlp {
+            channels
+                .iter()
+                .enumerate()
+                .map(|(s, &c)| {
+                    let mlp = p / format!("mlp_{s}");
+                    Mlp {
+                        first: nn::linear(&mlp / 0, c, cfg.nc, Default::default()),
+                        second: nn::linear(&mlp / 2, cfg.nc, cfg.nc, Default::default()),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Projector { channels: channels.to_vec(), mlps, cfg: cfg.clone() }
+    }
+
+    /// Source call on the maps `feats` (`B × C_s × H_s × W_s`): samples `num_patches` rows per
+    /// image and slot (random slots: `ids[s]` when given, else drawn with `sampler`; QS slots:
+    /// selected on these maps). Returns per slot the projected, L2-normalised rows
+    /// (`(B·N) × nc`, or `× C_s` without MLP), image-major, and what was sampled.
+    pub fn sample_source(
+        &self,
+        feats: &[Tensor],
+        num_patches: i64,
+        sampler: &mut PatchSampler,
+        ids: Option<&[Option<Tensor>]>,
+    ) -> Result<(Vec<Tensor>, Vec<SlotSample>), TchError> {
+        self.check_maps(feats)?;
+        if num_patches < 1 {
+            return Err(invalid(format!("num_patches must be >= 1, got {num_patches}")));
+        }
+        if let Some(ids) = ids {
+            if ids.len() != feats.len() {
+                return Err(invalid(format!("ids has {} entries for {} feature maps", ids.len(), feats.len())));
+            }
+        }
+        let mut rows = Vec::with_capacity(feats.len());
+        let mut samples = Vec::with_capacity(feats.len());
+        for (s, feat) in feats.iter().enumerate() {
+            let (b, _, h, w) = feat.size4()?;
+            let (slot_rows, sample) = match self.cfg.mode.filter(|_| self.is_qs_slot(s)) {
+                Some(mode) => {
+                    // The reference slices the first N of the sorted rows, so P < N takes all P
+                    // rows; its local mode fails instead (Q9), and qs_select rejects N > P there.
+                    let n = if mode == QsMode::Local { num_patches } else { num_patches.min(h * w) };
+                    let sel = ops::qs_select(feat, n, mode, self.cfg.window, self.cfg.layout, self.cfg.detach_attn)?;
+                    (ops::qs_route(feat, &sel)?.f_flatten(0, 1)?, SlotSample::Qs(sel))
+                }
+                None => {
+                    let injected = ids.and_then(|ids| ids[s].as_ref());
+                    let slot_ids = match injected {
+                        Some(t) => {
+                            check_ids(s, t, b, h * w)?;
+                            t.f_to_device(feat.device())?
+                        }
+                        None => sampler.sample(h * w, num_patches, b, self.cfg.per_image_ids, feat.device())?,
+                    };
+                    (gather_rows(feat, &slot_ids)?, SlotSample::Random(slot_ids))
+                }
+            };
+            rows.push(self.project(s, &slot_rows)?);
+            samples.push(sample);
+        }
+        Ok((rows, samples))
+    }
+
+    /// Target call on the translated maps: the source call's positions (random slots) or
+    /// selection (QS slots) applied to `feats`, through the same MLPs.
+    pub fn sample_target(&self, feats: &[Tensor], samples: &[SlotSample]) -> Result<Vec<Tensor>, TchError> {
+        self.check_maps(feats)?;
+        if samples.len() != feats.len() {
+            return Err(invalid(format!("{} samples for {} feature maps", samples.len(), feats.len())));
+        }
+        feats
+            .iter()
+            .zip(samples)
+            .enumerate()
+            .map(|(s, (feat, sample))| {
+                let slot_rows = match sample {
+                    SlotSample::Random(ids) => {
+                        let (b, _, h, w) = feat.size4()?;
+                        check_ids(s, ids, b, h * w)?;
+                        gather_rows(feat, ids)?
+                    }
+                    SlotSample::Qs(sel) if sel.mode == QsMode::Cross => ops::qs_cross_route(feat, sel)?.f_flatten(0, 1)?,
+                    SlotSample::Qs(sel) => ops::qs_route(feat, sel)?.f_flatten(0, 1)?,
+                };
+                self.project(s, &slot_rows)
+            })
+            .collect()
+    }
+
+    fn is_qs_slot(&self, s: usize) -> bool {
+        self.cfg.qs_slots.contains(&s)
+    }
+
+    /// Checks the maps against the slot list: one `B × C_s × H × W` map per slot, same batch.
+    fn check_maps(&self, feats: &[Tensor]) -> Result<(), TchError> {
+        if feats.len() != self.channels.len() {
+            return Err(invalid(format!(
+                "the projector has {} slots but got {} feature maps",
+                self.channels.len(),
+                feats.len()
+            )));
+        }
+        if self.cfg.mode.is_some() {
+            if let Some(&s) = self.cfg.qs_slots.iter().find(|&&s| s >= feats.len()) {
+                return Err(invalid(format!("QS slot {s} does not exist: there are {} slots", feats.len())));
+            }
+        }
+        let mut batch = None;
+        for (s, (feat, &c)) in feats.iter().zip(&self.channels).enumerate() {
+            let size = feat.size();
+            if size.len() != 4 || size[1] != c || size[0] != *batch.get_or_insert(size[0]) || size.contains(&0) {
+                return Err(invalid(format!(
+                    "feature map {s} must be a non-empty (B, {c}, H, W) tensor with the batch of map 0, got shape {size:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot's MLP (if any), then `v / (‖v‖₂ + 1e-7)` per row.
+    fn project(&self, s: usize, rows: &Tensor) -> Result<Tensor, TchError> {
+        let v = match self.mlps.get(s) {
+            Some(mlp) => mlp.forward(rows)?,
+            None => rows.shallow_clone(),
+        };
+        let norm = v.f_square()?.f_sum_dim_intlist(-1, true, v.kind())?.f_sqrt()?;
+        v.f_div(&norm.f_add_scalar(NORM_EPS)?)
+    }
+}
+
+/// Checks sampled ids: int64, `(N,)` or `(B, N)`, values in `0..P`.
+fn check_ids(slot: usize, ids: &Tensor, batch: i64, positions: i64) -> Result<(), TchError> {
+    let size = ids.size();
+    let shape_ok = match size.as_slice() {
+        [n] => *n > 0,
+        [b, n] => *b == batch && *n > 0,
+        _ => false,
+    };
+    if ids.kind() != Kind::Int64 || !shape_ok {
+        return Err(invalid(format!(
+            "patch ids of slot {slot} must be int64 of shape (N,) or ({batch}, N), got {:?} {size:?}",
+            ids.kind()
+        )));
+    }
+    let (lo, hi) = (ids.f_min()?.f_int64_value(&[])?, ids.f_max()?.f_int64_value(&[])?);
+    if lo < 0 || hi >= positions {
+        return Err(invalid(format!(
+            "patch ids of slot {slot} must lie in 0..{positions} (the map's H·W), got values in {lo}..={hi}"
+        )));
+    }
+    Ok(())
+}
+
+/// Rows of `feat` (`B × C × H × W`) at raster positions `ids` (`(N,)` shared or `(B, N)`),
+/// stacked image-major: `(B·N) × C`, row `b·N + n` = `feat[b, :, ids[n]]`.
+fn gather_rows(feat: &Tensor, ids: &Tensor) -> Result<Tensor, TchError> {
+    let (b, c, _, _) = feat.size4()?;
+    let flat = feat.f_flatten(2, 3)?; // B × C × P (a view)
+    let picked = if ids.dim() == 1 {
+        flat.f_index_select(2, ids)?
+    } else {
+        let n = ids.size()[1];
+        flat.f_gather(2, &ids.f_unsqueeze(1)?.f_expand([b, c, n], false)?, false)?
+    };
+    picked.f_transpose(1, 2)?.f_reshape([-1, c])
+}

@@ -1,0 +1,94 @@
+//! Checkpoint files: safetensors with string metadata, written atomically (a temporary file in
+//! the same folder, flushed to disk, then renamed over the target), so an interrupted save
+//! leaves the previous checkpoint intact.
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use tch::{Device, Kind, TchError, Tensor};
+
+use crate::error::invalid;
+
+/// A tensor's bytes, copied to the host, in safetensors' terms.
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl HostTensor {
+    fn new(name: &str, t: &Tensor) -> Result<Self, TchError> {
+        let dtype = match t.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::Double => Dtype::F64,
+            Kind::Half => Dtype::F16,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Int64 => Dtype::I64,
+            Kind::Int => Dtype::I32,
+            Kind::Uint8 => Dtype::U8,
+            Kind::Bool => Dtype::BOOL,
+            k => return Err(invalid(format!("cannot store tensor '{name}' of dtype {k:?} in a checkpoint"))),
+        };
+        let host = t.detach().to_device(Device::Cpu).contiguous();
+        let numel = host.numel();
+        let mut bytes = vec![0u8; numel * host.kind().elt_size_in_bytes()];
+        host.f_copy_data_u8(&mut bytes, numel)?;
+        Ok(HostTensor { dtype, shape: host.size().iter().map(|&d| d as usize).collect(), bytes })
+    }
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> TchError {
+    invalid(format!("{}: {e}", path.display()))
+}
+
+/// Writes `tensors` and `metadata` to `path` atomically.
+pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<(), TchError> {
+    let host: Vec<(String, HostTensor)> =
+        tensors.iter().map(|(n, t)| Ok((n.clone(), HostTensor::new(n, t)?))).collect::<Result<_, TchError>>()?;
+    let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint"),
+        std::process::id()
+    ));
+    safetensors::tensor::serialize_to_file(views, &Some(metadata), &tmp).map_err(|e| io_error(&tmp, e))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all(); // make the rename durable
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint: named tensors (on the CPU) and the metadata.
+pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>), TchError> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| io_error(path, format!("not a valid checkpoint ({e})")))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| io_error(path, e))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let tensors = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| Ok((name, Tensor::try_from(view)?)))
+        .collect::<Result<HashMap<_, _>, TchError>>()?;
+    Ok((tensors, metadata))
+}

@@ -1,0 +1,5 @@
+//! Training: options, the Adam optimiser, checkpoints and the CUT / QS-Attn loop.
+pub mod adam;
+pub mod checkpoint;
+pub mod config;
+pub mod trainer;

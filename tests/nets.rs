@@ -1,0 +1,679 @@
+//! The networks against the spec: parameter counts and shapes (T1), the reference's state-dict
+//! key names, the resampling oracle (T2), initialisation statistics (T13), layer behaviour
+//! against direct tch computations, and the projector's sampling contract.
+use std::collections::BTreeSet;
+
+use qs_attn::nets::{
+    init_weights, Discriminator, DiscriminatorConfig, Down, Generator, GeneratorConfig, InitType, Projector,
+    ProjectorConfig, SlotSample, Up,
+};
+use qs_attn::ops::{self, LocalLayout, PatchSampler, QsMode};
+use tch::{nn, Device, Kind, Tensor};
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+/// Runs `f` with torch's global RNG seeded, under a lock (tests run on parallel threads).
+fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    f()
+}
+
+fn randn(seed: i64, shape: &[i64]) -> Tensor {
+    seeded(seed, || Tensor::randn(shape, (Kind::Float, Device::Cpu)))
+}
+
+/// Images in [−1, 1].
+fn images(seed: i64, shape: &[i64]) -> Tensor {
+    seeded(seed, || Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes");
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+}
+
+fn trainable_params(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+fn names(vs: &nn::VarStore) -> BTreeSet<String> {
+    vs.variables().into_keys().collect()
+}
+
+fn var(vs: &nn::VarStore, name: &str) -> Tensor {
+    vs.variables().remove(name).unwrap_or_else(|| panic!("no variable {name}"))
+}
+
+/// `model.{i}.weight` and `model.{i}.bias` for each conv index.
+fn conv_keys(prefix: &str, idx: &[usize]) -> Vec<String> {
+    idx.iter().flat_map(|i| [format!("{prefix}.{i}.weight"), format!("{prefix}.{i}.bias")]).collect()
+}
+
+fn filt_keys(idx: &[usize]) -> Vec<String> {
+    idx.iter().map(|i| format!("model.{i}.filt")).collect()
+}
+
+/// `model.{i}.conv_block.{1,5}.weight|bias` for each ResBlock index.
+fn block_keys(idx: std::ops::RangeInclusive<usize>) -> Vec<String> {
+    idx.flat_map(|i| {
+        [1, 5].into_iter().flat_map(move |j| {
+            [format!("model.{i}.conv_block.{j}.weight"), format!("model.{i}.conv_block.{j}.bias")]
+        })
+    })
+    .collect()
+}
+
+fn key_set(groups: &[Vec<String>]) -> BTreeSet<String> {
+    groups.iter().flatten().cloned().collect()
+}
+
+fn generator(cfg: &GeneratorConfig) -> (nn::VarStore, Generator) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let g = Generator::new(&vs.root(), cfg);
+    (vs, g)
+}
+
+fn discriminator(cfg: &DiscriminatorConfig) -> (nn::VarStore, Discriminator) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let d = Discriminator::new(&vs.root(), cfg);
+    (vs, d)
+}
+
+fn small_generator(no_antialias: bool, no_antialias_up: bool) -> GeneratorConfig {
+    GeneratorConfig { ngf: 8, n_blocks: 2, no_antialias, no_antialias_up, ..Default::default() }
+}
+
+/// Reflection padding by `n` written out with indices: padded index `i` reads
+/// `|i − n|` mirrored at both ends (the edge is not repeated).
+fn reflect_pad_by_index(x: &Tensor, n: i64) -> Tensor {
+    let reflect = |len: i64| -> Tensor {
+        let idx: Vec<i64> = (-n..len + n)
+            .map(|i| if i < 0 { -i } else if i >= len { 2 * (len - 1) - i } else { i })
+            .collect();
+        Tensor::from_slice(&idx)
+    };
+    let (h, w) = (x.size()[2], x.size()[3]);
+    x.index_select(2, &reflect(h)).index_select(3, &reflect(w))
+}
+
+/// Instance norm written out: per (b, c), `(x − mean) / sqrt(biased var + 1e-5)` over H·W.
+fn instance_norm_by_hand(x: &Tensor) -> Tensor {
+    let x = x.to_kind(Kind::Double);
+    let mean = x.mean_dim([2, 3].as_slice(), true, Kind::Double);
+    let var = (&x - &mean).square().mean_dim([2, 3].as_slice(), true, Kind::Double);
+    (x - mean) / (var + 1e-5).sqrt()
+}
+
+fn conv_by_vars(vs: &nn::VarStore, prefix: &str, x: &Tensor, padding: i64) -> Tensor {
+    let (w, b) = (var(vs, &format!("{prefix}.weight")), var(vs, &format!("{prefix}.bias")));
+    x.conv2d(&w, Some(&b), [1, 1], [padding, padding], [1, 1], 1)
+}
+
+fn sample_std(t: &Tensor) -> f64 {
+    t.to_kind(Kind::Double).std(true).double_value(&[])
+}
+
+// ---------------------------------------------------------------------------------------------
+// T1: parameter counts and state-dict names
+
+#[test]
+fn parameter_counts_match_t1() {
+    let (g_vs, g) = generator(&GeneratorConfig::default());
+    assert_eq!(trainable_params(&g_vs), 11_378_179);
+    assert_eq!(g.num_layers(), 32);
+
+    let (d_vs, _) = discriminator(&DiscriminatorConfig::default());
+    assert_eq!(trainable_params(&d_vs), 2_764_737);
+
+    let f_vs = nn::VarStore::new(Device::Cpu);
+    let cfg = projector_config(256, Some(QsMode::Global), vec![3, 4]);
+    Projector::new(&f_vs.root(), &[3, 128, 256, 256, 256], &cfg);
+    assert_eq!(trainable_params(&f_vs), 560_384);
+}
+
+#[test]
+fn generator_keys_are_the_reference_state_dict() {
+    let (vs, _) = generator(&GeneratorConfig::default());
+    let expected = key_set(&[
+        conv_keys("model", &[1, 4, 8, 22, 26, 30]),
+        filt_keys(&[7, 11, 21, 25]),
+        block_keys(12..=20),
+    ]);
+    assert_eq!(names(&vs), expected);
+
+    // Shapes of a few keys, and the filters are buffers, not parameters.
+    let shape = |k: &str| var(&vs, k).size();
+    assert_eq!(shape("model.1.weight"), [64, 3, 7, 7]);
+    assert_eq!(shape("model.4.weight"), [128, 64, 3, 3]);
+    assert_eq!(shape("model.8.weight"), [256, 128, 3, 3]);
+    assert_eq!(shape("model.12.conv_block.1.weight"), [256, 256, 3, 3]);
+    assert_eq!(shape("model.22.weight"), [128, 256, 3, 3]);
+    assert_eq!(shape("model.26.weight"), [64, 128, 3, 3]);
+    assert_eq!(shape("model.30.weight"), [3, 64, 7, 7]);
+    assert_eq!(shape("model.30.bias"), [3]);
+    assert_eq!(shape("model.7.filt"), [128, 1, 3, 3]);
+    assert_eq!(shape("model.11.filt"), [256, 1, 3, 3]);
+    assert_eq!(shape("model.21.filt"), [256, 1, 4, 4]);
+    assert_eq!(shape("model.25.filt"), [128, 1, 4, 4]);
+    assert_eq!(vs.trainable_variables().len(), expected.len() - 4);
+    assert!(vs.trainable_variables().iter().all(|t| t.dim() != 4 || t.size()[1] != 1 || t.size()[0] == 3));
+}
+
+#[test]
+fn generator_variants_shift_the_indices_as_the_reference() {
+    // no_antialias: "conv s1, IN, ReLU, Down" → "conv s2, IN, ReLU" (one element less, twice).
+    let (vs, g) = generator(&GeneratorConfig { no_antialias: true, ..Default::default() });
+    assert_eq!(g.num_layers(), 30);
+    let expected = key_set(&[conv_keys("model", &[1, 4, 7, 20, 24, 28]), filt_keys(&[19, 23]), block_keys(10..=18)]);
+    assert_eq!(names(&vs), expected);
+    assert_eq!(trainable_params(&vs), 11_378_179);
+
+    // no_antialias_up: "Up, conv, IN, ReLU" → "conv_transpose, IN, ReLU".
+    let (vs, g) = generator(&GeneratorConfig { no_antialias_up: true, ..Default::default() });
+    assert_eq!(g.num_layers(), 30);
+    let expected = key_set(&[conv_keys("model", &[1, 4, 8, 21, 24, 28]), filt_keys(&[7, 11]), block_keys(12..=20)]);
+    assert_eq!(names(&vs), expected);
+    assert_eq!(var(&vs, "model.21.weight").size(), [256, 128, 3, 3]); // ConvTranspose2d: in × out × k × k
+    assert_eq!(var(&vs, "model.24.weight").size(), [128, 64, 3, 3]);
+    assert_eq!(trainable_params(&vs), 11_378_179);
+
+    let (vs, g) = generator(&GeneratorConfig { no_antialias: true, no_antialias_up: true, ..Default::default() });
+    assert_eq!(g.num_layers(), 28);
+    let expected = key_set(&[conv_keys("model", &[1, 4, 7, 19, 22, 26]), block_keys(10..=18)]);
+    assert_eq!(names(&vs), expected);
+}
+
+#[test]
+fn generator_variants_keep_the_resolution() {
+    let x = images(3, &[2, 3, 32, 32]);
+    for (down, up) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (_vs, g) = generator(&small_generator(down, up));
+        let y = tch::no_grad(|| g.forward(&x));
+        assert_eq!(y.size(), [2, 3, 32, 32], "no_antialias={down} no_antialias_up={up}");
+        assert!(y.abs().max().double_value(&[]) <= 1.0);
+        // Encoder taps after the two downsamplings are at a quarter of the resolution.
+        let first_block = 2 + if down { 8 } else { 10 };
+        let taps = g.encode(&x, &[first_block]).unwrap();
+        assert_eq!(taps[0].size(), [2, 32, 8, 8], "no_antialias={down}");
+    }
+}
+
+#[test]
+fn discriminator_keys_and_variants() {
+    let (vs, _) = discriminator(&DiscriminatorConfig::default());
+    let expected = key_set(&[conv_keys("model", &[0, 3, 7, 11, 14]), filt_keys(&[2, 6, 10])]);
+    assert_eq!(names(&vs), expected);
+    assert_eq!(var(&vs, "model.0.weight").size(), [64, 3, 4, 4]);
+    assert_eq!(var(&vs, "model.11.weight").size(), [512, 256, 4, 4]);
+    assert_eq!(var(&vs, "model.14.weight").size(), [1, 512, 4, 4]);
+    assert_eq!(var(&vs, "model.2.filt").size(), [64, 1, 3, 3]);
+    assert_eq!(var(&vs, "model.10.filt").size(), [256, 1, 3, 3]);
+
+    // no_antialias: the pix2pix PatchGAN layout.
+    let (vs, d) = discriminator(&DiscriminatorConfig { no_antialias: true, ..Default::default() });
+    assert_eq!(names(&vs), key_set(&[conv_keys("model", &[0, 2, 5, 8, 11])]));
+    assert_eq!(trainable_params(&vs), 2_764_737);
+    let y = tch::no_grad(|| d.forward(&images(4, &[2, 3, 64, 64])));
+    assert_eq!(y.size(), [2, 1, 6, 6]);
+
+    let (_, d) = discriminator(&DiscriminatorConfig::default());
+    let y = tch::no_grad(|| d.forward(&images(4, &[2, 3, 64, 64])));
+    assert_eq!(y.size(), [2, 1, 6, 6]);
+    assert!(d.f_forward(&images(4, &[2, 1, 64, 64])).is_err(), "wrong channel count");
+    assert!(d.f_forward(&images(4, &[3, 64, 64])).is_err(), "missing batch axis");
+}
+
+#[test]
+fn projector_keys_are_built_eagerly() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = projector_config(256, Some(QsMode::Global), vec![3, 4]);
+    Projector::new(&vs.root(), &[3, 128, 256, 256, 256], &cfg);
+    let expected: BTreeSet<String> = (0..5)
+        .flat_map(|s| {
+            [0, 2].into_iter().flat_map(move |j| [format!("mlp_{s}.{j}.weight"), format!("mlp_{s}.{j}.bias")])
+        })
+        .collect();
+    assert_eq!(names(&vs), expected);
+    assert_eq!(var(&vs, "mlp_0.0.weight").size(), [256, 3]);
+    assert_eq!(var(&vs, "mlp_1.0.weight").size(), [256, 128]);
+    assert_eq!(var(&vs, "mlp_4.2.weight").size(), [256, 256]);
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    Projector::new(&vs.root(), &[3, 128], &ProjectorConfig { use_mlp: false, ..cfg });
+    assert!(vs.variables().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// T1: shapes at 256² (one generator pass, encode up to the output)
+
+#[test]
+fn shapes_at_256_match_t1() {
+    let (_gvs, g) = generator(&GeneratorConfig::default());
+    let (_dvs, d) = discriminator(&DiscriminatorConfig::default());
+    let x = images(1, &[1, 3, 256, 256]);
+    let out = tch::no_grad(|| g.encode(&x, &[0, 4, 8, 12, 16, 31])).unwrap();
+    let shapes: Vec<Vec<i64>> = out.iter().map(|t| t.size()).collect();
+    assert_eq!(
+        shapes,
+        [
+            vec![1, 3, 262, 262],
+            vec![1, 128, 256, 256],
+            vec![1, 256, 128, 128],
+            vec![1, 256, 64, 64],
+            vec![1, 256, 64, 64],
+            vec![1, 3, 256, 256],
+        ]
+    );
+    let y = tch::no_grad(|| d.forward(&out[5]));
+    assert_eq!(y.size(), [1, 1, 30, 30]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// encode and the layers against direct computations (64²)
+
+#[test]
+fn encode_returns_the_forward_intermediates() {
+    let (vs, g) = generator(&GeneratorConfig::default());
+    let x = images(2, &[1, 3, 64, 64]);
+    tch::no_grad(|| {
+        let all_idx: Vec<usize> = (0..g.num_layers()).collect();
+        let all = g.encode(&x, &all_idx).unwrap();
+        assert_eq!(all.len(), 32);
+        assert_close("forward = last element", &g.forward(&x), &all[31], 0.0);
+
+        // Any order, repeats, each equal to the element's output in the full pass.
+        let picked = g.encode(&x, &[16, 4, 0, 4]).unwrap();
+        for (t, i) in picked.iter().zip([16, 4, 0, 4]) {
+            assert_close(&format!("tap {i}"), t, &all[i], 0.0);
+        }
+        assert!(g.encode(&x, &[]).unwrap().is_empty());
+
+        // idx 0: reflection pad 3, written out with indices.
+        assert_close("reflection pad 3", &all[0], &reflect_pad_by_index(&x, 3), 0.0);
+        // idx 1: conv 3→64 k7 without padding, with the stored weights.
+        assert_close("conv 1", &all[1], &conv_by_vars(&vs, "model.1", &all[0], 0), 1e-5);
+        // idx 2: instance norm (no affine, biased variance, eps 1e-5); idx 3: ReLU.
+        assert_close("instance norm", &all[2], &instance_norm_by_hand(&all[1]), 1e-4);
+        assert_close("relu", &all[3], &all[2].relu(), 0.0);
+        // idx 4: conv 64→128 k3 zero pad 1 (the pre-norm tap).
+        assert_close("conv 4", &all[4], &conv_by_vars(&vs, "model.4", &all[3], 1), 1e-4);
+        // idx 12: ResBlock, out = in + [pad, conv, IN, ReLU, pad, conv, IN](in), no activation.
+        let h = conv_by_vars(&vs, "model.12.conv_block.1", &reflect_pad_by_index(&all[11], 1), 0);
+        let h = instance_norm_by_hand(&h).to_kind(Kind::Float).relu();
+        let h = conv_by_vars(&vs, "model.12.conv_block.5", &reflect_pad_by_index(&h, 1), 0);
+        let expected = instance_norm_by_hand(&h) + all[11].to_kind(Kind::Double);
+        assert_close("resblock", &all[12], &expected, 1e-4);
+        assert!(all[12].min().double_value(&[]) < 0.0, "no ReLU after the residual sum");
+        // idx 31: tanh of idx 30.
+        assert_close("tanh", &all[31], &all[30].tanh(), 0.0);
+    });
+}
+
+#[test]
+fn encode_stops_after_the_largest_index() {
+    // On a 4×4 image the map after idx 11 is 1×1 and the first ResBlock's reflection pad (idx 12)
+    // fails: taps up to 11 succeed only if the sequence is not run any further.
+    let (_vs, g) = generator(&GeneratorConfig::default());
+    let x = images(5, &[1, 3, 4, 4]);
+    let taps = tch::no_grad(|| g.encode(&x, &[0, 4, 8, 11])).unwrap();
+    assert_eq!(taps[3].size(), [1, 256, 1, 1]);
+    assert!(tch::no_grad(|| g.encode(&x, &[12])).is_err());
+    assert!(g.f_forward(&x).is_err());
+}
+
+#[test]
+fn generator_rejects_bad_input() {
+    let (_vs, g) = generator(&small_generator(false, false));
+    let x = images(6, &[1, 3, 16, 16]);
+    assert!(g.encode(&x, &[g.num_layers()]).is_err(), "index past the end");
+    assert!(g.encode(&images(6, &[1, 1, 16, 16]), &[0]).is_err(), "wrong channel count");
+    assert!(g.encode(&images(6, &[3, 16, 16]), &[0]).is_err(), "missing batch axis");
+    assert!(g.f_forward(&images(6, &[1, 4, 16, 16])).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// T2: resampling
+
+#[test]
+fn resampling_matches_t2() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let down = Down::new(&(vs.root() / "down"), 1);
+    let up = Up::new(&(vs.root() / "up"), 1);
+
+    let x = Tensor::arange(16, (Kind::Float, Device::Cpu)).view([1, 1, 4, 4]);
+    let expected = Tensor::from_slice(&[2.5f32, 4.0, 8.5, 10.0]).view([1, 1, 2, 2]);
+    assert_close("Down(1)", &down.forward(&x), &expected, 1e-6);
+
+    let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([1, 1, 2, 2]);
+    let expected = Tensor::from_slice(&[
+        1.0f32, 1.25, 1.75, 2.0, 1.5, 1.75, 2.25, 2.5, 2.5, 2.75, 3.25, 3.5, 3.0, 3.25, 3.75, 4.0,
+    ])
+    .view([1, 1, 4, 4]);
+    assert_close("Up(1)", &up.forward(&x), &expected, 1e-6);
+
+    // The filters: non-trainable variables `filt`.
+    let up_kernel = Tensor::from_slice(&[1.0f32, 3., 3., 1., 3., 9., 9., 3., 3., 9., 9., 3., 1., 3., 3., 1.]) / 16.0;
+    assert_close("Up kernel", &var(&vs, "up.filt").view([16]), &up_kernel, 1e-7);
+    let down_kernel = Tensor::from_slice(&[1.0f32, 2., 1., 2., 4., 2., 1., 2., 1.]) / 16.0;
+    assert_close("Down kernel", &var(&vs, "down.filt").view([9]), &down_kernel, 1e-7);
+    assert!(vs.trainable_variables().is_empty());
+    assert_eq!(names(&vs), key_set(&[vec!["down.filt".into(), "up.filt".into()]]));
+}
+
+#[test]
+fn resampling_is_depthwise_and_sizes_follow_the_spec() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (down1, down3) = (Down::new(&(vs.root() / "d1"), 1), Down::new(&(vs.root() / "d3"), 3));
+    let (up1, up3) = (Up::new(&(vs.root() / "u1"), 1), Up::new(&(vs.root() / "u3"), 3));
+    let x = randn(7, &[2, 3, 5, 7]);
+    let (d, u) = (down3.forward(&x), up3.forward(&x));
+    assert_eq!(d.size(), [2, 3, 3, 4]); // ⌊(n−1)/2⌋ + 1
+    assert_eq!(u.size(), [2, 3, 10, 14]); // 2n
+    for c in 0..3 {
+        let xc = x.narrow(1, c, 1);
+        assert_close("Down per channel", &d.narrow(1, c, 1), &down1.forward(&xc), 1e-6);
+        assert_close("Up per channel", &u.narrow(1, c, 1), &up1.forward(&xc), 1e-6);
+    }
+    // A constant map stays constant (the kernels are normalised; Up's replication pad).
+    let ones = Tensor::ones([1, 3, 6, 6], (Kind::Float, Device::Cpu));
+    assert_close("Down const", &down3.forward(&ones), &Tensor::ones([1, 3, 3, 3], (Kind::Float, Device::Cpu)), 1e-6);
+    assert_close("Up const", &up3.forward(&ones), &Tensor::ones([1, 3, 12, 12], (Kind::Float, Device::Cpu)), 1e-6);
+    assert!(down3.f_forward(&randn(7, &[1, 2, 6, 6])).is_err(), "channel count differs from the filter");
+    assert!(up3.f_forward(&randn(7, &[1, 2, 6, 6])).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// T13: initialisation
+
+#[test]
+fn xavier_init_matches_t13() {
+    let (vs, _) = generator(&GeneratorConfig::default());
+    let filters: Vec<(String, Tensor)> =
+        names(&vs).into_iter().filter(|k| k.ends_with(".filt")).map(|k| (k.clone(), var(&vs, &k).copy())).collect();
+    seeded(0, || init_weights(&vs, InitType::Xavier, 0.02)).unwrap();
+
+    let expected_std = 0.02 * (2.0f64 / (3.0 * 49.0 + 64.0 * 49.0)).sqrt();
+    assert!((expected_std - 4.936e-4).abs() < 1e-7);
+    let w = var(&vs, "model.1.weight");
+    let std = sample_std(&w);
+    assert!((std / expected_std - 1.0).abs() < 0.03, "model.1.weight std {std:e} vs {expected_std:e}");
+    assert!(w.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]).abs() < 0.05 * expected_std);
+
+    let w = var(&vs, "model.12.conv_block.1.weight");
+    let expected_std = 0.02 * (2.0f64 / (2.0 * 256.0 * 9.0)).sqrt();
+    assert!((sample_std(&w) / expected_std - 1.0).abs() < 0.01);
+
+    for name in names(&vs).iter().filter(|k| k.ends_with(".bias")) {
+        assert_eq!(var(&vs, name).abs().max().double_value(&[]), 0.0, "{name} is not zero");
+    }
+    for (name, before) in &filters {
+        assert_close(name, &var(&vs, name), before, 0.0);
+    }
+}
+
+#[test]
+fn other_init_types_have_their_statistics() {
+    let cfg = GeneratorConfig { no_antialias_up: true, ..Default::default() };
+    let (vs, _) = generator(&cfg);
+
+    // normal: N(0, gain²).
+    seeded(1, || init_weights(&vs, InitType::Normal, 0.02)).unwrap();
+    let std = sample_std(&var(&vs, "model.12.conv_block.1.weight"));
+    assert!((std / 0.02 - 1.0).abs() < 0.01, "normal std {std}");
+
+    // kaiming: N(0, 2/fan_in), fan_in = size(1)·k·k (also for the transposed conv, whose weight
+    // is in × out × k × k: fan_in = 128·9 there, as PyTorch computes it).
+    seeded(2, || init_weights(&vs, InitType::Kaiming, 0.02)).unwrap();
+    let std = sample_std(&var(&vs, "model.12.conv_block.1.weight"));
+    assert!((std / (2.0f64 / (256.0 * 9.0)).sqrt() - 1.0).abs() < 0.01, "kaiming std {std}");
+    let std = sample_std(&var(&vs, "model.21.weight"));
+    assert!((std / (2.0f64 / (128.0 * 9.0)).sqrt() - 1.0).abs() < 0.01, "kaiming (transposed) std {std}");
+
+    // orthogonal: the weight as a rows × rest matrix is gain × (orthonormal rows).
+    seeded(3, || init_weights(&vs, InitType::Orthogonal, 0.02)).unwrap();
+    let w = var(&vs, "model.12.conv_block.1.weight").to_kind(Kind::Double).view([256, 256 * 9]);
+    let gram = w.matmul(&w.tr());
+    assert_close("orthogonal rows", &gram, &(Tensor::eye(256, (Kind::Double, Device::Cpu)) * 4e-4), 1e-8);
+}
+
+#[test]
+fn init_of_linear_weights() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = projector_config(512, None, vec![]);
+    Projector::new(&vs.root(), &[3, 256], &cfg);
+
+    seeded(4, || init_weights(&vs, InitType::Xavier, 0.02)).unwrap();
+    let expected = 0.02 * (2.0f64 / (256.0 + 512.0)).sqrt();
+    assert!((sample_std(&var(&vs, "mlp_1.0.weight")) / expected - 1.0).abs() < 0.02);
+    assert_eq!(var(&vs, "mlp_1.0.bias").abs().max().double_value(&[]), 0.0);
+
+    // Tall matrix (512 × 3): orthonormal columns times the gain.
+    seeded(5, || init_weights(&vs, InitType::Orthogonal, 0.5)).unwrap();
+    let w = var(&vs, "mlp_0.0.weight").to_kind(Kind::Double);
+    assert_close("orthogonal columns", &w.tr().matmul(&w), &(Tensor::eye(3, (Kind::Double, Device::Cpu)) * 0.25), 1e-6);
+
+    assert!("glorot".parse::<InitType>().is_err());
+    assert_eq!("orthogonal".parse::<InitType>().unwrap(), InitType::Orthogonal);
+    assert!(init_weights(&vs, InitType::Normal, f64::NAN).is_err());
+}
+
+#[test]
+fn init_is_reproducible_for_a_seed() {
+    // Two VarStores (different HashMap orders) draw the same values for the same seed.
+    let draw = || {
+        seeded(11, || {
+            let (vs, _) = discriminator(&DiscriminatorConfig::default());
+            init_weights(&vs, InitType::Xavier, 0.02).unwrap();
+            vs
+        })
+    };
+    let (a, b) = (draw(), draw());
+    for name in names(&a) {
+        assert_close(&name, &var(&a, &name), &var(&b, &name), 0.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// projector
+
+fn projector_config(nc: i64, mode: Option<QsMode>, qs_slots: Vec<usize>) -> ProjectorConfig {
+    ProjectorConfig {
+        nc,
+        use_mlp: true,
+        mode,
+        qs_slots,
+        window: 7,
+        layout: LocalLayout::Geometric,
+        per_image_ids: false,
+        detach_attn: false,
+    }
+}
+
+const CHANNELS: [i64; 3] = [3, 8, 8];
+
+/// Three maps of a batch of 2: 3×10×10 (slot 0), 8×8×8, 8×6×6 (QS slot 2).
+fn maps(seed: i64) -> Vec<Tensor> {
+    vec![randn(seed, &[2, 3, 10, 10]), randn(seed + 1, &[2, 8, 8, 8]), randn(seed + 2, &[2, 8, 6, 6]) * 0.5]
+}
+
+fn projector(cfg: &ProjectorConfig) -> (nn::VarStore, Projector) {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let f = seeded(21, || Projector::new(&vs.root(), &CHANNELS, cfg));
+    (vs, f)
+}
+
+/// The slot's MLP and L2 normalisation written out with the stored weights.
+fn project_by_hand(vs: &nn::VarStore, slot: usize, rows: &Tensor) -> Tensor {
+    let p = |k: &str| var(vs, &format!("mlp_{slot}.{k}"));
+    let h = (rows.matmul(&p("0.weight").tr()) + p("0.bias")).relu();
+    let v = h.matmul(&p("2.weight").tr()) + p("2.bias");
+    l2(&v)
+}
+
+fn l2(v: &Tensor) -> Tensor {
+    v / (v.square().sum_dim_intlist(-1, true, Kind::Float).sqrt() + 1e-7)
+}
+
+/// `(B·N) × C` rows at shared `(N,)` or per-image `(B, N)` raster ids, image-major.
+fn rows_by_hand(feat: &Tensor, ids: &Tensor) -> Tensor {
+    let (b, c, h, w) = feat.size4().unwrap();
+    let x = feat.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
+    let per_image: Vec<Tensor> = (0..b)
+        .map(|i| {
+            let id = if ids.dim() == 1 { ids.shallow_clone() } else { ids.get(i) };
+            x.get(i).index_select(0, &id)
+        })
+        .collect();
+    Tensor::cat(&per_image, 0)
+}
+
+fn random_ids(sample: &SlotSample) -> &Tensor {
+    match sample {
+        SlotSample::Random(ids) => ids,
+        SlotSample::Qs(_) => panic!("expected a random slot"),
+    }
+}
+
+fn selection(sample: &SlotSample) -> &ops::Selection {
+    match sample {
+        SlotSample::Qs(sel) => sel,
+        SlotSample::Random(_) => panic!("expected a QS slot"),
+    }
+}
+
+#[test]
+fn projector_source_and_target_calls() {
+    let cfg = projector_config(16, Some(QsMode::Global), vec![2]);
+    let (vs, f) = projector(&cfg);
+    let (src, tgt) = (maps(30), maps(40));
+    let n = 12;
+    let mut sampler = PatchSampler::new(7);
+    let (keys, samples) = f.sample_source(&src, n, &mut sampler, None).unwrap();
+    let queries = f.sample_target(&tgt, &samples).unwrap();
+
+    for (s, rows) in keys.iter().chain(&queries).enumerate() {
+        assert_eq!(rows.size(), [2 * n, 16], "slot {}", s % 3);
+        let norms = rows.square().sum_dim_intlist(-1, false, Kind::Float).sqrt();
+        assert_close("unit rows", &norms, &norms.ones_like(), 1e-5);
+    }
+
+    // Random slots: (N,) distinct ids shared by the batch; the target call reuses them.
+    for s in 0..2 {
+        let ids = random_ids(&samples[s]);
+        let p = src[s].size()[2] * src[s].size()[3];
+        assert_eq!(ids.size(), [n]);
+        assert_eq!(ids.kind(), Kind::Int64);
+        let (uniq, _, _) = ids.unique_dim(0, true, false, false);
+        assert_eq!(uniq.size(), [n], "ids are distinct");
+        assert!(ids.min().int64_value(&[]) >= 0 && ids.max().int64_value(&[]) < p);
+        assert_close("keys", &keys[s], &project_by_hand(&vs, s, &rows_by_hand(&src[s], ids)), 1e-5);
+        assert_close("queries", &queries[s], &project_by_hand(&vs, s, &rows_by_hand(&tgt[s], ids)), 1e-5);
+    }
+
+    // QS slot: per-image selection on the source, keys A_QS·X_src, queries A_QS·X_tgt.
+    let sel = selection(&samples[2]);
+    let direct = ops::qs_select(&src[2], n, QsMode::Global, 7, LocalLayout::Geometric, false).unwrap();
+    assert_eq!(sel.indices.size(), [2, n]);
+    assert_close("selection", &sel.indices, &direct.indices, 0.0);
+    assert!(max_abs_diff(&sel.indices.get(0), &sel.indices.get(1)) > 0.0, "selection is per image");
+    let routed_k = ops::qs_route(&src[2], &direct).unwrap().flatten(0, 1);
+    let routed_q = ops::qs_route(&tgt[2], &direct).unwrap().flatten(0, 1);
+    assert_close("QS keys", &keys[2], &project_by_hand(&vs, 2, &routed_k), 1e-5);
+    assert_close("QS queries", &queries[2], &project_by_hand(&vs, 2, &routed_q), 1e-5);
+
+    // The target call on the source maps reproduces the keys.
+    let again = f.sample_target(&src, &samples).unwrap();
+    for s in 0..3 {
+        assert_close("same maps, same rows", &again[s], &keys[s], 1e-6);
+    }
+}
+
+#[test]
+fn projector_injected_and_per_image_ids() {
+    let src = maps(50);
+    let n = 5;
+    let injected = Tensor::from_slice(&[0i64, 99, 42, 7, 10]);
+
+    let (vs, f) = projector(&projector_config(16, Some(QsMode::Global), vec![2]));
+    let ids = [Some(injected.shallow_clone()), None, None];
+    let (keys, samples) = f.sample_source(&src, n, &mut PatchSampler::new(1), Some(&ids)).unwrap();
+    assert_close("injected ids kept", random_ids(&samples[0]), &injected, 0.0);
+    assert_close("injected rows", &keys[0], &project_by_hand(&vs, 0, &rows_by_hand(&src[0], &injected)), 1e-5);
+    assert_eq!(random_ids(&samples[1]).size(), [n], "None entries are drawn");
+
+    // Injected ids must be int64 positions of the map.
+    let bad = [Some(Tensor::from_slice(&[0i64, 100])), None, None];
+    assert!(f.sample_source(&src, n, &mut PatchSampler::new(1), Some(&bad)).is_err());
+    let bad = [Some(Tensor::from_slice(&[0.0f32, 1.0])), None, None];
+    assert!(f.sample_source(&src, n, &mut PatchSampler::new(1), Some(&bad)).is_err());
+    assert!(f.sample_source(&src, n, &mut PatchSampler::new(1), Some(&ids[..2])).is_err());
+
+    // Per-image ids: (B, N), rows gathered per image; the target call reuses them.
+    let cfg = ProjectorConfig { per_image_ids: true, ..projector_config(16, Some(QsMode::Global), vec![2]) };
+    let (vs, f) = projector(&cfg);
+    let (keys, samples) = f.sample_source(&src, n, &mut PatchSampler::new(2), None).unwrap();
+    let ids = random_ids(&samples[0]);
+    assert_eq!(ids.size(), [2, n]);
+    assert!(max_abs_diff(&ids.get(0), &ids.get(1)) > 0.0);
+    assert_close("per-image rows", &keys[0], &project_by_hand(&vs, 0, &rows_by_hand(&src[0], ids)), 1e-5);
+    let tgt = maps(60);
+    let queries = f.sample_target(&tgt, &samples).unwrap();
+    assert_close("per-image queries", &queries[0], &project_by_hand(&vs, 0, &rows_by_hand(&tgt[0], ids)), 1e-5);
+    let injected = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([2, 3]);
+    let ids = [Some(injected.shallow_clone()), None, None];
+    let (keys, _) = f.sample_source(&src, 3, &mut PatchSampler::new(2), Some(&ids)).unwrap();
+    assert_close("injected per-image", &keys[0], &project_by_hand(&vs, 0, &rows_by_hand(&src[0], &injected)), 1e-5);
+}
+
+#[test]
+fn projector_modes_and_sizes() {
+    let (src, tgt) = (maps(70), maps(80));
+
+    // CUT (mode None): every slot random, qs_slots ignored.
+    let (_, f) = projector(&projector_config(16, None, vec![2]));
+    let (_, samples) = f.sample_source(&src, 4, &mut PatchSampler::new(3), None).unwrap();
+    assert!(samples.iter().all(|s| matches!(s, SlotSample::Random(_))));
+
+    // Cross mode: the target call routes with softmax(X_src[sel] X_tgtᵀ) X_tgt.
+    let (vs, f) = projector(&projector_config(16, Some(QsMode::Cross), vec![2]));
+    let (_, samples) = f.sample_source(&src, 4, &mut PatchSampler::new(3), None).unwrap();
+    let queries = f.sample_target(&tgt, &samples).unwrap();
+    let routed = ops::qs_cross_route(&tgt[2], selection(&samples[2])).unwrap().flatten(0, 1);
+    assert_close("cross queries", &queries[2], &project_by_hand(&vs, 2, &routed), 1e-5);
+
+    // More patches than positions: random and global QS slots take all P positions.
+    let (_, f) = projector(&projector_config(16, Some(QsMode::Global), vec![2]));
+    let (keys, _) = f.sample_source(&src, 50, &mut PatchSampler::new(3), None).unwrap();
+    let rows: Vec<i64> = keys.iter().map(|k| k.size()[0]).collect();
+    assert_eq!(rows, [2 * 50, 2 * 50, 2 * 36]);
+
+    // Without MLP: the L2-normalised sampled features themselves.
+    let cfg = ProjectorConfig { use_mlp: false, ..projector_config(16, Some(QsMode::Local), vec![2]) };
+    let (vs, f) = projector(&cfg);
+    assert!(vs.variables().is_empty());
+    let (keys, samples) = f.sample_source(&src, 6, &mut PatchSampler::new(3), None).unwrap();
+    assert_eq!(keys[0].size(), [12, 3]);
+    assert_close("no MLP", &keys[1], &l2(&rows_by_hand(&src[1], random_ids(&samples[1]))), 1e-6);
+    let sel = selection(&samples[2]);
+    assert!(sel.local_attn.is_some());
+    assert_close("local keys", &keys[2], &l2(&ops::qs_route(&src[2], sel).unwrap().flatten(0, 1)), 1e-6);
+
+    // Bad calls.
+    let mut sampler = PatchSampler::new(3);
+    assert!(f.sample_source(&src[..2], 4, &mut sampler, None).is_err(), "missing map");
+    assert!(f.sample_source(&src, 0, &mut sampler, None).is_err(), "no patches");
+    let wrong = vec![randn(1, &[2, 4, 10, 10]), src[1].shallow_clone(), src[2].shallow_clone()];
+    assert!(f.sample_source(&wrong, 4, &mut sampler, None).is_err(), "wrong channels");
+    let small = vec![src[0].shallow_clone(), src[1].shallow_clone(), randn(2, &[2, 8, 3, 3])];
+    assert!(f.sample_target(&small, &samples).is_err(), "target map of another size");
+    let (_, f) = projector(&projector_config(16, Some(QsMode::Global), vec![3]));
+    assert!(f.sample_source(&src, 4, &mut sampler, None).is_err(), "QS slot out of range");
+}
