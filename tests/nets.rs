@@ -75,15 +75,16 @@ fn key_set(groups: &[Vec<String>]) -> BTreeSet<String> {
     groups.iter().flatten().cloned().collect()
 }
 
+// Building a network draws its default weights from torch's RNG: under the lock.
 fn generator(cfg: &GeneratorConfig) -> (nn::VarStore, Generator) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let g = Generator::new(&vs.root(), cfg);
+    let g = seeded(100, || Generator::new(&vs.root(), cfg));
     (vs, g)
 }
 
 fn discriminator(cfg: &DiscriminatorConfig) -> (nn::VarStore, Discriminator) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let d = Discriminator::new(&vs.root(), cfg);
+    let d = seeded(101, || Discriminator::new(&vs.root(), cfg));
     (vs, d)
 }
 
@@ -135,7 +136,7 @@ fn parameter_counts_match_t1() {
 
     let f_vs = nn::VarStore::new(Device::Cpu);
     let cfg = projector_config(256, Some(QsMode::Global), vec![3, 4]);
-    Projector::new(&f_vs.root(), &[3, 128, 256, 256, 256], &cfg);
+    seeded(102, || Projector::new(&f_vs.root(), &[3, 128, 256, 256, 256], &cfg));
     assert_eq!(trainable_params(&f_vs), 560_384);
 }
 
@@ -164,7 +165,6 @@ fn generator_keys_are_the_reference_state_dict() {
     assert_eq!(shape("model.21.filt"), [256, 1, 4, 4]);
     assert_eq!(shape("model.25.filt"), [128, 1, 4, 4]);
     assert_eq!(vs.trainable_variables().len(), expected.len() - 4);
-    assert!(vs.trainable_variables().iter().all(|t| t.dim() != 4 || t.size()[1] != 1 || t.size()[0] == 3));
 }
 
 #[test]
@@ -231,11 +231,59 @@ fn discriminator_keys_and_variants() {
     assert!(d.f_forward(&images(4, &[3, 64, 64])).is_err(), "missing batch axis");
 }
 
+/// Leaky ReLU written out: `x` where positive, `slope·x` elsewhere.
+fn leaky_by_hand(x: &Tensor, slope: f64) -> Tensor {
+    x.where_self(&x.gt(0.0), &(x * slope))
+}
+
+/// Blur-pool written out: reflection pad 1, depthwise 3×3 `[1,2,1]ᵀ[1,2,1]/16`, stride 2.
+fn down_by_hand(x: &Tensor) -> Tensor {
+    let c = x.size()[1];
+    let b = Tensor::from_slice(&[1.0f32, 2.0, 1.0]);
+    let k = (b.outer(&b) / 16.0).view([1, 1, 3, 3]).expand([c, 1, 3, 3], false);
+    reflect_pad_by_index(x, 1).conv2d(&k, None::<Tensor>, [2, 2], [0, 0], [1, 1], c)
+}
+
+#[test]
+fn discriminator_matches_a_direct_composition() {
+    let (vs, d) = discriminator(&DiscriminatorConfig { ndf: 4, ..Default::default() });
+    let x = images(8, &[2, 3, 32, 32]);
+    let conv = |prefix: &str, h: &Tensor| conv_by_vars(&vs, prefix, h, 1);
+    let norm = |h: &Tensor| instance_norm_by_hand(h).to_kind(Kind::Float);
+    let h = down_by_hand(&leaky_by_hand(&conv("model.0", &x), 0.2));
+    let h = down_by_hand(&leaky_by_hand(&norm(&conv("model.3", &h)), 0.2));
+    let h = down_by_hand(&leaky_by_hand(&norm(&conv("model.7", &h)), 0.2));
+    let h = leaky_by_hand(&norm(&conv("model.11", &h)), 0.2);
+    let expected = conv("model.14", &h);
+    let y = tch::no_grad(|| d.forward(&x));
+    assert_eq!(y.size(), [2, 1, 2, 2]);
+    assert_close("discriminator", &y, &expected, 1e-4);
+}
+
+#[test]
+fn gradients_reach_every_weight_but_not_the_filters() {
+    let (vs, g) = generator(&small_generator(false, false));
+    let (dvs, d) = discriminator(&DiscriminatorConfig { ndf: 4, ..Default::default() });
+    let x = images(9, &[2, 3, 32, 32]);
+    let loss = d.forward(&g.forward(&x)).square().mean(Kind::Float);
+    loss.backward();
+    for store in [&vs, &dvs] {
+        for (name, t) in store.variables() {
+            if name.ends_with(".filt") {
+                assert!(!t.requires_grad(), "{name} must not be trainable");
+            } else {
+                let grad = t.grad();
+                assert!(grad.defined() && grad.abs().sum(Kind::Double).double_value(&[]) > 0.0, "{name} has no gradient");
+            }
+        }
+    }
+}
+
 #[test]
 fn projector_keys_are_built_eagerly() {
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = projector_config(256, Some(QsMode::Global), vec![3, 4]);
-    Projector::new(&vs.root(), &[3, 128, 256, 256, 256], &cfg);
+    seeded(102, || Projector::new(&vs.root(), &[3, 128, 256, 256, 256], &cfg));
     let expected: BTreeSet<String> = (0..5)
         .flat_map(|s| {
             [0, 2].into_iter().flat_map(move |j| [format!("mlp_{s}.{j}.weight"), format!("mlp_{s}.{j}.bias")])
@@ -247,7 +295,7 @@ fn projector_keys_are_built_eagerly() {
     assert_eq!(var(&vs, "mlp_4.2.weight").size(), [256, 256]);
 
     let vs = nn::VarStore::new(Device::Cpu);
-    Projector::new(&vs.root(), &[3, 128], &ProjectorConfig { use_mlp: false, ..cfg });
+    seeded(102, || Projector::new(&vs.root(), &[3, 128], &ProjectorConfig { use_mlp: false, ..cfg }));
     assert!(vs.variables().is_empty());
 }
 
@@ -448,7 +496,7 @@ fn other_init_types_have_their_statistics() {
 fn init_of_linear_weights() {
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = projector_config(512, None, vec![]);
-    Projector::new(&vs.root(), &[3, 256], &cfg);
+    seeded(102, || Projector::new(&vs.root(), &[3, 256], &cfg));
 
     seeded(4, || init_weights(&vs, InitType::Xavier, 0.02)).unwrap();
     let expected = 0.02 * (2.0f64 / (256.0 + 512.0)).sqrt();
@@ -470,7 +518,8 @@ fn init_is_reproducible_for_a_seed() {
     // Two VarStores (different HashMap orders) draw the same values for the same seed.
     let draw = || {
         seeded(11, || {
-            let (vs, _) = discriminator(&DiscriminatorConfig::default());
+            let vs = nn::VarStore::new(Device::Cpu);
+            Discriminator::new(&vs.root(), &DiscriminatorConfig::default());
             init_weights(&vs, InitType::Xavier, 0.02).unwrap();
             vs
         })

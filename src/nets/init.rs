@@ -60,7 +60,7 @@ pub fn init_weights(vs: &VarStore, init: InitType, gain: f64) -> Result<(), TchE
             if leaf == "weight" && var.dim() >= 2 {
                 redraw(&mut var, init, gain)?;
             } else if leaf == "bias" {
-                var.f_zero_()?;
+                let _ = var.f_zero_()?;
             }
         }
         Ok(())
@@ -81,7 +81,7 @@ fn redraw(w: &mut Tensor, init: InitType, gain: f64) -> Result<(), TchError> {
             return w.f_copy_(&q.f_reshape(size.as_slice())?.f_mul_scalar(gain)?);
         }
     };
-    w.f_normal_(0.0, std)?;
+    let _ = w.f_normal_(0.0, std)?;
     Ok(())
 }
 

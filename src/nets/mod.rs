@@ -85,10 +85,9 @@ impl Layer {
                 x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, IN_EPS, true)
             }
             Layer::Relu => x.f_relu(),
-            // prelu with one shared slope is leaky ReLU (gradient `slope` at 0, as leaky_relu).
-            Layer::LeakyRelu(slope) => {
-                x.f_prelu(&Tensor::f_from_slice(&[*slope])?.f_to_kind(x.kind())?.f_to_device(x.device())?)
-            }
+            // prelu with one shared slope is leaky ReLU (gradient `slope` at 0, as leaky_relu);
+            // the slope is filled on the input's device (no host-to-device copy).
+            Layer::LeakyRelu(slope) => x.f_prelu(&Tensor::f_full([1], *slope, (x.kind(), x.device()))?),
             Layer::Tanh => x.f_tanh(),
             Layer::Down(down) => down.f_forward(x),
             Layer::Up(up) => up.f_forward(x),
