@@ -28,7 +28,9 @@ impl FromStr for Direction {
         match s {
             "AtoB" => Ok(Direction::AtoB),
             "BtoA" => Ok(Direction::BtoA),
-            other => Err(invalid(format!("direction must be \"AtoB\" or \"BtoA\", got {other:?}"))),
+            other => Err(invalid(format!(
+                "direction must be \"AtoB\" or \"BtoA\", got {other:?}"
+            ))),
         }
     }
 }

@@ -53,7 +53,10 @@ static UNREADABLE: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// The files the loader has found unreadable and skipped so far in this process, sorted.
 pub fn unreadable_images() -> Vec<PathBuf> {
-    UNREADABLE.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    UNREADABLE
+        .lock()
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn known_unreadable(path: &Path) -> bool {
@@ -62,9 +65,16 @@ fn known_unreadable(path: &Path) -> bool {
 
 /// Records an unreadable file; the first time, warns on stderr.
 fn mark_unreadable(path: &Path, err: &TchError) {
-    let first = UNREADABLE.lock().map(|mut s| s.insert(path.to_path_buf())).unwrap_or(true);
+    let first = UNREADABLE
+        .lock()
+        .map(|mut s| s.insert(path.to_path_buf()))
+        .unwrap_or(true);
     if first {
-        eprintln!("qs_attn: warning: skipping unreadable image {}: {}", path.display(), message(err));
+        eprintln!(
+            "qs_attn: warning: skipping unreadable image {}: {}",
+            path.display(),
+            message(err)
+        );
     }
 }
 
@@ -103,12 +113,21 @@ struct EpochPlan {
 impl EpochPlan {
     /// Item `i`: its A and B images transformed and appended (C×H×W) to the buffers; returns
     /// the two paths used and the (width, height) of the images.
-    fn item(&self, i: usize, a_buf: &mut Vec<f32>, b_buf: &mut Vec<f32>) -> Result<(PathBuf, PathBuf, (u32, u32)), TchError> {
+    fn item(
+        &self,
+        i: usize,
+        a_buf: &mut Vec<f32>,
+        b_buf: &mut Vec<f32>,
+    ) -> Result<(PathBuf, PathBuf, (u32, u32)), TchError> {
         let ds = &self.dataset;
         let mut rng = Rng::from_parts(&[self.seed, self.epoch, i as u64]);
         // which files: A in epoch order; B uniform with replacement, or serial
         let a_idx = self.order[i] % ds.a.len();
-        let b_idx = if self.serial { i % ds.b.len() } else { rng.below(ds.b.len()) };
+        let b_idx = if self.serial {
+            i % ds.b.len()
+        } else {
+            rng.below(ds.b.len())
+        };
         // independent crop/flip draws for A and B
         let (mut rng_a, mut rng_b) = (rng.split(), rng.split());
         let (a_path, a_img) = load_or_next(&ds.a, a_idx, "A")?;
@@ -139,7 +158,12 @@ impl EpochPlan {
         }
         let (w, h) = size.unwrap_or((0, 0));
         let shape = [self.batch_size as i64, 3, h as i64, w as i64];
-        Ok(Batch { a: Tensor::from_slice(&a_buf).view(shape), b: Tensor::from_slice(&b_buf).view(shape), a_paths, b_paths })
+        Ok(Batch {
+            a: Tensor::from_slice(&a_buf).view(shape),
+            b: Tensor::from_slice(&b_buf).view(shape),
+            a_paths,
+            b_paths,
+        })
     }
 }
 
@@ -148,7 +172,11 @@ enum Source {
     Invalid(Option<TchError>),
     /// `workers = 0`: computed on demand on the caller's thread.
     Inline(EpochPlan),
-    Threads { receivers: Vec<Receiver<Result<Batch, TchError>>>, stop: Arc<AtomicBool>, handles: Vec<JoinHandle<()>> },
+    Threads {
+        receivers: Vec<Receiver<Result<Batch, TchError>>>,
+        stop: Arc<AtomicBool>,
+        handles: Vec<JoinHandle<()>>,
+    },
 }
 
 /// The batches of one epoch, in order: `Iterator<Item = Result<Batch, TchError>>`.
@@ -167,8 +195,17 @@ impl EpochBatches {
 
 /// Starts one epoch (`epoch` as the trainer counts it, e.g. from 1). An invalid configuration
 /// (batch size 0, empty domain, crop larger than load size) yields a single error.
-pub fn epoch_batches(dataset: Arc<UnalignedDataset>, transform: TransformConfig, cfg: &LoaderConfig, epoch: u64) -> EpochBatches {
-    let invalid_source = |e| EpochBatches { num_batches: 0, next: 0, source: Source::Invalid(Some(e)) };
+pub fn epoch_batches(
+    dataset: Arc<UnalignedDataset>,
+    transform: TransformConfig,
+    cfg: &LoaderConfig,
+    epoch: u64,
+) -> EpochBatches {
+    let invalid_source = |e| EpochBatches {
+        num_batches: 0,
+        next: 0,
+        source: Source::Invalid(Some(e)),
+    };
     if cfg.batch_size == 0 {
         return invalid_source(invalid("batch_size must be positive"));
     }
@@ -198,7 +235,11 @@ pub fn epoch_batches(dataset: Arc<UnalignedDataset>, transform: TransformConfig,
         order,
     };
     if cfg.workers == 0 || num_batches == 0 {
-        return EpochBatches { num_batches, next: 0, source: Source::Inline(plan) };
+        return EpochBatches {
+            num_batches,
+            next: 0,
+            source: Source::Inline(plan),
+        };
     }
     let workers = cfg.workers.min(num_batches);
     let capacity = cfg.prefetch.div_ceil(workers);
@@ -209,17 +250,19 @@ pub fn epoch_batches(dataset: Arc<UnalignedDataset>, transform: TransformConfig,
     for w in 0..workers {
         let (tx, rx) = sync_channel(capacity);
         let (plan, worker_stop) = (Arc::clone(&plan), Arc::clone(&stop));
-        let spawned = std::thread::Builder::new().name(format!("qs_attn-data-{w}")).spawn(move || {
-            for k in (w..num_batches).step_by(workers) {
-                if worker_stop.load(Ordering::Relaxed) {
-                    break;
+        let spawned = std::thread::Builder::new()
+            .name(format!("qs_attn-data-{w}"))
+            .spawn(move || {
+                for k in (w..num_batches).step_by(workers) {
+                    if worker_stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // an error stays in its slot; a closed channel (iterator dropped) ends the worker
+                    if tx.send(plan.batch(k)).is_err() {
+                        break;
+                    }
                 }
-                // an error stays in its slot; a closed channel (iterator dropped) ends the worker
-                if tx.send(plan.batch(k)).is_err() {
-                    break;
-                }
-            }
-        });
+            });
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -231,7 +274,15 @@ pub fn epoch_batches(dataset: Arc<UnalignedDataset>, transform: TransformConfig,
         }
         receivers.push(rx);
     }
-    EpochBatches { num_batches, next: 0, source: Source::Threads { receivers, stop, handles } }
+    EpochBatches {
+        num_batches,
+        next: 0,
+        source: Source::Threads {
+            receivers,
+            stop,
+            handles,
+        },
+    }
 }
 
 impl Iterator for EpochBatches {
@@ -253,7 +304,9 @@ impl Iterator for EpochBatches {
                     Err(_) => {
                         // the worker died (a panic): report once and end the epoch
                         self.next = self.num_batches;
-                        Some(Err(invalid(format!("data loader worker stopped unexpectedly before batch {k}"))))
+                        Some(Err(invalid(format!(
+                            "data loader worker stopped unexpectedly before batch {k}"
+                        ))))
                     }
                 }
             }
@@ -271,7 +324,12 @@ impl Iterator for EpochBatches {
 
 impl Drop for EpochBatches {
     fn drop(&mut self) {
-        if let Source::Threads { receivers, stop, handles } = &mut self.source {
+        if let Source::Threads {
+            receivers,
+            stop,
+            handles,
+        } = &mut self.source
+        {
             // stop flag first, then close the channels so a worker blocked on send wakes up
             stop.store(true, Ordering::Relaxed);
             receivers.clear();

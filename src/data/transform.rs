@@ -44,7 +44,10 @@ impl TransformConfig {
     /// `crop_size` (no resize/crop jitter; the flip stays).
     pub fn for_epoch(&self, epoch: u64, n_epochs: u64) -> TransformConfig {
         if epoch > n_epochs {
-            TransformConfig { load_size: self.crop_size, ..*self }
+            TransformConfig {
+                load_size: self.crop_size,
+                ..*self
+            }
         } else {
             *self
         }
@@ -136,9 +139,11 @@ pub fn to_rgb(img: DynamicImage) -> RgbImage {
 
 // ---------------------------------------------------------------------------------------------
 // Bicubic resampling, a transcription of Pillow's `ImagingResample` for 8-bit images
-// (libImaging/Resample.c): Keys cubic with a = −0.5, support 2 widened by the scale factor when
-// shrinking (antialiasing), weights normalised then rounded to 22-bit fixed point, a horizontal
-// pass into an 8-bit intermediate image, then a vertical pass, each output rounded and clipped.
+// (libImaging/Resample.c, Pillow 3.3–12.x): Keys cubic with a = −0.5, support 2 widened by the
+// scale factor when shrinking (antialiasing), weights normalised then rounded to 22-bit fixed
+// point, a horizontal pass into an 8-bit intermediate image, then a vertical pass, each output
+// rounded and clipped. Bit-exact with those Pillow versions. Pillow 13 runs the vertical pass
+// first when the height shrinks much more than the width; there it differs by a few levels.
 // ---------------------------------------------------------------------------------------------
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -174,13 +179,24 @@ fn precompute_coeffs(in_size: u32, out_size: u32) -> Coeffs {
         let xmin = ((center - support + 0.5) as i64).max(0);
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
         let n = (xmax - xmin).max(0) as usize;
-        let mut k: Vec<f64> = (0..n).map(|x| bicubic_filter((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+        let mut k: Vec<f64> = (0..n)
+            .map(|x| bicubic_filter((x as f64 + xmin as f64 - center + 0.5) * ss))
+            .collect();
         let ww: f64 = k.iter().sum();
         if ww != 0.0 {
             k.iter_mut().for_each(|w| *w /= ww);
         }
         let one = (1u32 << PRECISION_BITS) as f64;
-        let fixed = k.iter().map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 }).collect();
+        let fixed = k
+            .iter()
+            .map(|&w| {
+                if w < 0.0 {
+                    (-0.5 + w * one) as i32
+                } else {
+                    (0.5 + w * one) as i32
+                }
+            })
+            .collect();
         bounds.push((xmin as usize, n));
         weights.push(fixed);
     }
@@ -194,8 +210,11 @@ fn clip8(acc: i64) -> u8 {
 /// Pillow-exact `img.resize((width, height), Image.BICUBIC)` of an RGB image.
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (w0, h0) = img.dimensions();
-    if (w0, h0) == (width, height) || width == 0 || height == 0 || w0 == 0 || h0 == 0 {
-        return if (w0, h0) == (width, height) { img.clone() } else { RgbImage::new(width, height) };
+    if (w0, h0) == (width, height) {
+        return img.clone(); // Pillow returns a copy
+    }
+    if width == 0 || height == 0 || w0 == 0 || h0 == 0 {
+        return RgbImage::new(width, height); // nothing to sample (callers reject empty images)
     }
     let half = 1i64 << (PRECISION_BITS - 1);
     // horizontal pass (rows of the source) into an 8-bit intermediate image

@@ -141,7 +141,8 @@ impl Generator {
                 taps[idx] = Some(h.shallow_clone());
             }
         }
-        Ok(layers.iter().map(|&i| taps[i].as_ref().map(Tensor::shallow_clone).unwrap()).collect())
+        // Every requested index is ≤ last, so its output was stored above.
+        Ok(layers.iter().map(|&i| taps[i].as_ref().map(Tensor::shallow_clone).expect("stored tap")).collect())
     }
 
     /// Length of the flat sequence (32 for the default configuration).

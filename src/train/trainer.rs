@@ -4,8 +4,9 @@
 //! checkpoints that resume exactly.
 //!
 //! Randomness after initialisation comes only from seeded generators whose state is saved in
-//! checkpoints (patch ids, flip-equivariance and penalty draws) and from the data loader, which
-//! is a pure function of (seed, epoch, index): a resumed run continues bit for bit.
+//! checkpoints (patch ids, flip-equivariance draws) and from the data loader, which is a pure
+//! function of (seed, epoch, index): a resumed run continues bit for bit. (Exception: the
+//! optional WGAN-GP penalty draws its mixing weights from torch's global generator.)
 //!
 //! Differences from the reference kept on purpose: the projector is built eagerly (Q16), so the
 //! reference's data-dependent initialisation pass (a forward/backward whose gradients are
@@ -180,7 +181,7 @@ pub struct Trainer {
     opt_f: Option<Adam>,
     /// Random patch ids of the CUT slots.
     sampler: PatchSampler,
-    /// Flip-equivariance coins and gradient-penalty mixing weights.
+    /// Flip-equivariance coins.
     coins: PatchSampler,
     gan_mode: GanMode,
     /// The epoch in progress (1-based, from `epoch_count`).
@@ -517,12 +518,14 @@ impl Trainer {
     }
 }
 
-/// Up to `n` (source, target) pairs from testA/testB (or the training folders), crop-sized.
+/// Up to `n` (source, target) pairs from testA/testB (or the training folders), crop-sized;
+/// unreadable files are left out (the loader warns about them).
 fn sample_images(root: &Path, direction: Direction, n: usize, size: u32) -> Result<Vec<(Tensor, Tensor)>, TchError> {
     let set = UnalignedDataset::open(root, "test", direction).or_else(|_| UnalignedDataset::open(root, "train", direction))?;
-    (0..n.min(set.a.len()).min(set.b.len()))
-        .map(|i| Ok((image_io::load_image(&set.a[i], Some(size))?, image_io::load_image(&set.b[i], Some(size))?)))
-        .collect()
+    let readable = |files: &[PathBuf]| -> Vec<Tensor> {
+        files.iter().filter_map(|f| image_io::load_image(f, Some(size)).ok()).take(n).collect()
+    };
+    Ok(readable(&set.a).into_iter().zip(readable(&set.b)).collect())
 }
 
 fn write_log_line(
