@@ -40,13 +40,13 @@ def main() -> None:
     p.add_argument("--checkpoints-dir", default="runs")
     args = p.parse_args()
     iters_per_epoch = len(list((qs_attn.bundled_dataset() / "trainA").glob("*.png")))
-    total = max(2, int(3 * iters_per_epoch * args.epochs_scale))
+    total = max(2, int(4 * iters_per_epoch * args.epochs_scale))
     start = time.perf_counter()
     result = qs_attn.train(
         name="emoji_qs_global", mode="global", checkpoints_dir=args.checkpoints_dir, device=args.device,
         # demo configuration: 64x64 emoji, a half-width network, N = 64 queries on the 16x16 QS maps
         crop_size=64, load_size=72, ngf=32, ndf=32, num_patches=64,
-        n_epochs=2, n_epochs_decay=1, max_iters=total,
+        n_epochs=3, n_epochs_decay=1, max_iters=total,
         print_freq=50, display_freq=500, save_latest_freq=1000, save_epoch_freq=1,
     )
     minutes = (time.perf_counter() - start) / 60

@@ -91,13 +91,26 @@ def test_generator_state_dict_and_translate(tmp_path):
     G = qs_attn.load_generator(run.checkpoint)
     sd = G.state_dict()
     assert sd["model.1.weight"].shape == (8, 3, 7, 7)
-    y = G(torch.zeros(1, 3, 36, 36))  # any size divisible by 4
+    with torch.no_grad():
+        y = G(torch.zeros(1, 3, 36, 36))  # any size divisible by 4
     assert y.shape == (1, 3, 36, 36) and float(y.abs().max()) <= 1.0
     with pytest.raises(ValueError, match="divisible by 4"):
         G(torch.zeros(1, 3, 30, 30))
     files = qs_attn.translate(G, qs_attn.bundled_dataset() / "testA", tmp_path / "out", size=32)
     assert len(files) == len(list((qs_attn.bundled_dataset() / "testA").glob("*.png")))
     assert _native.load_image(str(files[0])).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("options", [dict(flip_equivariance=True), dict(batch_size=3, mode="local", local_layout="reference"),
+                                     dict(mode="cross"), dict(mode="none", nce_idt=False, lambda_NCE=10.0),
+                                     dict(gan_mode="wgangp", lambda_gp=10.0), dict(lambda_NCE=0.0)])
+def test_other_configurations_train(tmp_path, options):
+    run = qs_attn.train(name="cfg", checkpoints_dir=str(tmp_path), max_iters=3, progress=False, **dict(TINY, **options))
+    assert run.total_iters == 3 and all(map(lambda v: v == v and abs(v) < 1e6, run.final_losses.values()))
+    if options.get("lambda_NCE") == 0.0:
+        assert "NCE" not in run.final_losses
+    if "lambda_gp" in options:
+        assert run.final_losses["GP"] >= 0.0
 
 
 def test_bad_options_are_clear_errors(tmp_path):
