@@ -124,11 +124,26 @@ impl Generator {
     /// that order. Runs the sequence only up to the largest requested index (spec §3,
     /// "encode-only").
     pub fn encode(&self, x: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>, TchError> {
+        let Some(&last) = layers.iter().max() else {
+            check_images("the generator", x, self.input_nc)?;
+            return Ok(Vec::new());
+        };
+        Ok(self.run(x, layers, last)?.1)
+    }
+
+    /// The translation and the taps `layers` of the same pass (what training needs: the taps
+    /// of the real images are the source features of the NCE terms, spec Q11).
+    pub fn forward_with_taps(&self, x: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Tensor>), TchError> {
+        self.run(x, layers, self.layers.len() - 1)
+    }
+
+    /// Runs the flat sequence through index `last`, keeping the outputs of `layers` (in that
+    /// order): `(output of last, taps)`.
+    fn run(&self, x: &Tensor, layers: &[usize], last: usize) -> Result<(Tensor, Vec<Tensor>), TchError> {
         check_images("the generator", x, self.input_nc)?;
-        let Some(&last) = layers.iter().max() else { return Ok(Vec::new()) };
-        if last >= self.layers.len() {
+        if let Some(&bad) = layers.iter().chain([&last]).find(|&&i| i >= self.layers.len()) {
             return Err(invalid(format!(
-                "layer index {last} is out of range: the generator has {} layers (0..={})",
+                "layer index {bad} is out of range: the generator has {} layers (0..={})",
                 self.layers.len(),
                 self.layers.len() - 1
             )));
@@ -141,11 +156,14 @@ impl Generator {
                 taps[idx] = Some(h.shallow_clone());
             }
         }
-        // Every requested index is ≤ last, so its output was stored above.
-        Ok(layers.iter().map(|&i| taps[i].as_ref().map(Tensor::shallow_clone).expect("stored tap")).collect())
+        let taps = layers
+            .iter()
+            .map(|&i| taps.get(i).and_then(|t| t.as_ref().map(Tensor::shallow_clone)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| invalid(format!("taps {layers:?} lie beyond layer {last}")))?;
+        Ok((h, taps))
     }
 
-    /// Length of the flat sequence (32 for the default configuration).
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }

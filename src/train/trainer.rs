@@ -10,8 +10,9 @@
 //!
 //! Differences from the reference kept on purpose: the projector is built eagerly (Q16), so the
 //! reference's data-dependent initialisation pass (a forward/backward whose gradients are
-//! discarded, §11.4) has no effect and is skipped; the unused encoder pass (Q11) is skipped;
-//! patch ids come from our own generator (Q18).
+//! discarded, §11.4) has no effect and is skipped; the source features of the NCE terms are
+//! the taps of the generator's own pass on `[x; y]` instead of two more encoder passes (the
+//! same values per image, Q11); patch ids come from our own generator (Q18).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -234,17 +235,12 @@ impl Trainer {
     }
 
     /// `L_NCE(src, tgt) = (1/L) Σ_s λ_NCE · mean_r ℓ_r` over the L tapped layers (spec §9):
-    /// positions and attention chosen on E(src), applied to E(tgt).
-    fn nce_loss(&mut self, src: &Tensor, tgt: &Tensor, flipped: bool, ids: Option<&[Option<Tensor>]>) -> Result<Tensor, TchError> {
+    /// positions and attention chosen on `feat_k` = E(src), applied to `feat_q` = E(tgt).
+    fn nce_loss(&mut self, feat_k: &[Tensor], feat_q: &[Tensor], ids: Option<&[Option<Tensor>]>) -> Result<Tensor, TchError> {
         let layers = &self.cfg.nce_layers;
-        let mut feat_q = self.nets.g.encode(tgt, layers)?;
-        if flipped {
-            feat_q = feat_q.iter().map(|f| f.flip([3])).collect();
-        }
-        let feat_k = self.nets.g.encode(src, layers)?;
-        let (keys, samples) = self.nets.f.sample_source(&feat_k, self.cfg.num_patches, &mut self.sampler, ids)?;
-        let queries = self.nets.f.sample_target(&feat_q, &samples)?;
-        let images = src.size()[0];
+        let (keys, samples) = self.nets.f.sample_source(feat_k, self.cfg.num_patches, &mut self.sampler, ids)?;
+        let queries = self.nets.f.sample_target(feat_q, &samples)?;
+        let images = feat_q[0].size()[0];
         let mut total: Option<Tensor> = None;
         for (q, k) in queries.iter().zip(&keys) {
             let term = patch_nce_loss(q, k, self.cfg.nce_t, images, Reduction::Mean, true)? * self.cfg.lambda_nce;
@@ -267,15 +263,32 @@ impl Trainer {
         if flipped {
             real = real.flip([3]);
         }
-        let fake = self.nets.g.forward(&real);
+        // The taps of the real images in the generator's own pass are E(x) and E(y) (instance
+        // norm is per image), so the NCE terms need no extra encoder pass on the sources
+        // (Q11); with a flipped input they are not, and the sources are encoded unflipped.
+        let (fake, real_taps) = self.nets.g.forward_with_taps(&real, &self.cfg.nce_layers)?;
+        let source_taps = |from: i64, src: &Tensor| -> Result<Vec<Tensor>, TchError> {
+            if flipped {
+                self.nets.g.encode(src, &self.cfg.nce_layers)
+            } else {
+                Ok(real_taps.iter().map(|t| t.narrow(0, from, images)).collect())
+            }
+        };
+        let (feat_x, feat_y) = if self.cfg.lambda_nce > 0.0 {
+            let feat_y = if real.size()[0] > images { Some(source_taps(images, &b)?) } else { None };
+            (Some(source_taps(0, &a)?), feat_y)
+        } else {
+            (None, None)
+        };
         let fake_b = fake.narrow(0, 0, images);
-        let idt_b = (fake.size()[0] > images).then(|| fake.narrow(0, images, images));
 
-        // Discriminator step: L_D = ½[L(D(G(x)), fake) + L(D(y), real)] (+ penalty).
+        // Discriminator step: L_D = ½[L(D(G(x)), fake) + L(D(y), real)] (+ penalty); one D
+        // pass on both (instance norm is per image).
         self.set_d_requires_grad(true);
         self.opt_d.zero_grad();
-        let d_fake = gan_loss(self.gan_mode, &self.nets.d.forward(&fake_b.detach()), false);
-        let d_real = gan_loss(self.gan_mode, &self.nets.d.forward(&b), true);
+        let pred = self.nets.d.forward(&Tensor::cat(&[&fake_b.detach(), &b], 0));
+        let d_fake = gan_loss(self.gan_mode, &pred.narrow(0, 0, images), false);
+        let d_real = gan_loss(self.gan_mode, &pred.narrow(0, images, images), true);
         let mut d = (&d_fake + &d_real) * 0.5;
         let gp = if self.gan_mode == GanMode::Wgangp && self.cfg.lambda_gp > 0.0 {
             let d_net = &self.nets.d;
@@ -297,15 +310,23 @@ impl Trainer {
             opt.zero_grad();
         }
         let g_gan = gan_loss(self.gan_mode, &self.nets.d.forward(&fake_b), true) * self.cfg.lambda_gan;
-        let (nce, nce_y) = if self.cfg.lambda_nce > 0.0 {
-            let nce = self.nce_loss(&a, &fake_b, flipped, ids.as_ref().map(|i| i.x))?;
-            let nce_y = match &idt_b {
-                Some(idt) => Some(self.nce_loss(&b, idt, flipped, ids.as_ref().map(|i| i.y))?),
-                None => None,
-            };
-            (Some(nce), nce_y)
-        } else {
-            (None, None)
+        // E(G(x)) and E(G(y)) in one encoder pass over the whole translation, unflipped back
+        // to the sources' orientation.
+        let (nce, nce_y) = match &feat_x {
+            Some(feat_x) => {
+                let mut fake_taps = self.nets.g.encode(&fake, &self.cfg.nce_layers)?;
+                if flipped {
+                    fake_taps = fake_taps.iter().map(|f| f.flip([3])).collect();
+                }
+                let part = |from: i64| -> Vec<Tensor> { fake_taps.iter().map(|t| t.narrow(0, from, images)).collect() };
+                let nce = self.nce_loss(feat_x, &part(0), ids.as_ref().map(|i| i.x))?;
+                let nce_y = match &feat_y {
+                    Some(feat_y) => Some(self.nce_loss(feat_y, &part(images), ids.as_ref().map(|i| i.y))?),
+                    None => None,
+                };
+                (Some(nce), nce_y)
+            }
+            None => (None, None),
         };
         let g = match (&nce, &nce_y) {
             (Some(n), Some(ny)) => &g_gan + (n + ny) * 0.5,

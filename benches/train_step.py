@@ -1,0 +1,130 @@
+"""Whole training iterations (D step + G/F step with Adam, batch 1, QS-Attn global by default):
+qs_attn's Rust trainer against the plain-PyTorch transcription of the same model and step that
+the tests use (tests/python/reference_cut.py), same inputs, patch ids and initialisation seed,
+measured side by side in one run. Each side runs in a fresh process: time per iteration = median of --iters
+iterations after --warmup; memory = the process's peak resident set (CPU) or the CUDA
+allocator's peak (GPU).
+
+    python benches/train_step.py                       # CPU, 64x64 and 128x128 images
+    python benches/train_step.py --device cuda --sizes 256 512
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM")
+
+
+def worker(args) -> dict:
+    import torch
+
+    import reference_cut as rc
+
+    dev = torch.device(args.device)
+    opt = rc.CUTOptions(num_patches=args.num_patches, qs_mode=args.mode, local_layout="reference")
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(args.batch, 3, args.size, args.size, generator=g) * 2 - 1,
+                torch.rand(args.batch, 3, args.size, args.size, generator=g) * 2 - 1) for _ in range(4)]
+    # positions of the taps 0, 4, 8, 12, 16 (spec §6): padded image, full, 1/2, 1/4, 1/4 size
+    s = args.size
+    positions = [(s + 6) ** 2, s * s, (s // 2) ** 2, (s // 4) ** 2, (s // 4) ** 2]
+    ids = [rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(k)) for k in range(8)]
+    # Both sides initialise their networks from seed 0 with the same distributions (§3.1);
+    # neither builds the other's, so each process holds one set of networks.
+    if args.impl == "ours":
+        from qs_attn import _native
+
+        config = dict(dataroot="", mode=args.mode, local_layout="reference", num_patches=args.num_patches,
+                      crop_size=args.size, load_size=args.size, device=args.device, seed=0)
+        trainer = _native.Trainer(json.dumps(config))
+
+        def step(i):
+            a, b = batches[i % 4]
+            trainer.step(a.to(dev), b.to(dev), update=True, ids_x=[t if t is None else t.to(dev) for t in ids[i % 8]],
+                         ids_y=[t if t is None else t.to(dev) for t in ids[(i + 1) % 8]])
+    else:
+        G, D, F = rc.build_models(opt, image_size=(args.size, args.size), seed=0)
+        G, D, F = G.to(dev), D.to(dev), F.to(dev)
+        optimizers = rc.make_optimizers(G, D, F, opt)
+
+        def step(i):
+            a, b = batches[i % 4]
+            rc.one_step(G, D, F, a.to(dev), b.to(dev), opt, [t if t is None else t.to(dev) for t in ids[i % 8]],
+                        [t if t is None else t.to(dev) for t in ids[(i + 1) % 8]], optimizers=optimizers)
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup):
+        step(i)
+    sync()
+    times = []
+    for i in range(args.iters):
+        t0 = time.perf_counter()
+        step(i)
+        sync()
+        times.append((time.perf_counter() - t0) * 1000)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _peak_rss_mib()
+    return {"ms": statistics.median(times), "peak_mib": peak}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--modes", nargs="+", default=["global"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--num-patches", type=int, default=256)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="global", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    import torch
+
+    print(f"# training iteration: torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f", {os.cpu_count()} CPU threads"))
+    print(f"# batch {args.batch}, N = {args.num_patches}, default networks (ngf = ndf = 64, 9 blocks); "
+          f"median of {args.iters} iterations after {args.warmup}\n")
+    print("| mode | image | plain PyTorch ms | ours ms | ratio ours/plain | plain peak MiB | ours peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for mode in args.modes:
+            res = {}
+            for impl in ("plain", "ours"):
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--mode", mode,
+                       "--size", str(size), "--device", args.device, "--batch", str(args.batch),
+                       "--num-patches", str(args.num_patches), "--iters", str(args.iters), "--warmup", str(args.warmup)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                res[impl] = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {
+                    "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+            if "error" in res["plain"] or "error" in res["ours"]:
+                print(f"| {mode} | {size}² | {res['plain'].get('error', '')} | {res['ours'].get('error', '')} | | | |")
+                continue
+            plain, ours = res["plain"], res["ours"]
+            print(f"| {mode} | {size}² | {plain['ms']:.0f} | {ours['ms']:.0f} | {ours['ms'] / plain['ms']:.2f} | "
+                  f"{plain['peak_mib']:.0f} | {ours['peak_mib']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
