@@ -3,13 +3,8 @@
 use qs_attn::losses::{gan_loss, gradient_penalty, GanMode};
 use tch::{Device, Kind, Tensor};
 
-/// Runs `f` with torch's global RNG seeded, under a lock (tests run on parallel threads).
-fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _lock = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(seed);
-    f()
-}
+mod common;
+use common::seeded;
 
 fn randn(seed: i64, shape: &[i64]) -> Tensor {
     seeded(seed, || Tensor::randn(shape, (Kind::Double, Device::Cpu)))

@@ -10,16 +10,11 @@ use qs_attn::nets::{
 use qs_attn::ops::{self, LocalLayout, PatchSampler, QsMode};
 use tch::{nn, Device, Kind, Tensor};
 
+mod common;
+use common::{assert_close, max_abs_diff, seeded};
+
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-/// Runs `f` with torch's global RNG seeded, under a lock (tests run on parallel threads).
-fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _lock = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(seed);
-    f()
-}
 
 fn randn(seed: i64, shape: &[i64]) -> Tensor {
     seeded(seed, || Tensor::randn(shape, (Kind::Float, Device::Cpu)))
@@ -28,16 +23,6 @@ fn randn(seed: i64, shape: &[i64]) -> Tensor {
 /// Images in [−1, 1].
 fn images(seed: i64, shape: &[i64]) -> Tensor {
     seeded(seed, || Tensor::rand(shape, (Kind::Float, Device::Cpu)) * 2.0 - 1.0)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
-}
-
-fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
-    assert_eq!(a.size(), b.size(), "{what}: shapes");
-    let d = max_abs_diff(a, b);
-    assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
 }
 
 fn trainable_params(vs: &nn::VarStore) -> i64 {

@@ -3,25 +3,13 @@
 use qs_attn::ops::{self, EntropyOf, LocalLayout, QsMode, Reduction};
 use tch::{Kind, Tensor};
 
+mod common;
+use common::{assert_close, seeded};
+
 const TOL: f64 = 1e-10;
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
-}
-
-fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
-    assert_eq!(a.size(), b.size(), "{what}: shapes");
-    let d = max_abs_diff(a, b);
-    assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
-}
-
-/// Seeded normal samples. libtorch's generator is global and the tests run on parallel
-/// threads, so seeding and drawing happen under one lock.
 fn seeded_randn(seed: i64, shape: &[i64]) -> Tensor {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _lock = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(seed);
-    Tensor::randn(shape, (Kind::Double, tch::Device::Cpu))
+    seeded(seed, || Tensor::randn(shape, (Kind::Double, tch::Device::Cpu)))
 }
 
 fn features(seed: i64, shape: &[i64]) -> Tensor {
