@@ -6,5 +6,6 @@ pub mod error;
 pub mod losses;
 pub mod nets;
 pub mod ops;
+pub mod rng;
 pub mod train;
 mod python;

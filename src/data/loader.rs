@@ -1,8 +1,8 @@
 //! One epoch of training batches (spec §2's loader: shuffle unless `serial_batches`,
 //! `drop_last`), computed by worker threads ahead of the consumer and yielded in order.
 //!
-//! Determinism: every random draw of item `i` comes from `Rng::from_parts([seed, epoch, i])`
-//! and the A order from `Rng::from_parts([seed, epoch])`, so the batches depend on
+//! Determinism: every random draw of item `i` comes from `SplitMix64::from_parts([seed, epoch, i])`
+//! and the A order from `SplitMix64::from_parts([seed, epoch])`, so the batches depend on
 //! `(seed, epoch)` only, never on the number of workers or their timing.
 //!
 //! Threads: worker `w` of `W` computes batches `w, w + W, w + 2W, …` and hands them over its
@@ -22,7 +22,8 @@ use tch::{TchError, Tensor};
 
 use super::dataset::UnalignedDataset;
 use super::image_io::decode_rgb;
-use super::transform::{augment, push_chw, Rng, TransformConfig};
+use super::transform::{augment, push_chw, TransformConfig};
+use crate::rng::SplitMix64;
 use crate::error::{invalid, message};
 
 #[derive(Clone, Debug)]
@@ -120,7 +121,7 @@ impl EpochPlan {
         b_buf: &mut Vec<f32>,
     ) -> Result<(PathBuf, PathBuf, (u32, u32)), TchError> {
         let ds = &self.dataset;
-        let mut rng = Rng::from_parts(&[self.seed, self.epoch, i as u64]);
+        let mut rng = SplitMix64::from_parts(&[self.seed, self.epoch, i as u64]);
         // which files: A in epoch order; B uniform with replacement, or serial
         let a_idx = self.order[i] % ds.a.len();
         let b_idx = if self.serial {
@@ -219,7 +220,7 @@ pub fn epoch_batches(
     // A order: a seeded Fisher–Yates shuffle of 0..len, or the identity for serial batches
     let mut order: Vec<usize> = (0..len).collect();
     if !cfg.serial_batches {
-        let mut rng = Rng::from_parts(&[cfg.seed, epoch]);
+        let mut rng = SplitMix64::from_parts(&[cfg.seed, epoch]);
         for i in (1..len).rev() {
             order.swap(i, rng.below(i + 1));
         }

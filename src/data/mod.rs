@@ -3,7 +3,7 @@
 //!
 //! - `dataset` — `<root>/<phase>A|B` file lists (recursive, extension filter, sorted).
 //! - `transform` — RGB → bicubic resize → random crop → multiple-of-4 → flip → [-1, 1], with a
-//!   Pillow-exact bicubic resampler and the small seeded RNG (`Rng`, SplitMix64).
+//!   Pillow-exact bicubic resampler (randomness from `crate::rng::SplitMix64`).
 //! - `loader` — one epoch of batches, prefetched by worker threads, independent of their number.
 //! - `image_io` — decoding to RGB, `load_image`, and PNG export with the reference's truncation.
 pub mod dataset;
@@ -14,4 +14,4 @@ pub mod transform;
 pub use dataset::{Direction, UnalignedDataset};
 pub use image_io::{load_image, save_grid, save_image};
 pub use loader::{epoch_batches, Batch, EpochBatches, LoaderConfig};
-pub use transform::{Rng, TransformConfig};
+pub use transform::TransformConfig;

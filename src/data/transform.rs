@@ -11,6 +11,7 @@ use image::{imageops, DynamicImage, RgbImage};
 use tch::{TchError, Tensor};
 
 use crate::error::invalid;
+use crate::rng::SplitMix64;
 
 /// Sizes and augmentation of the training transform. The trainer applies the decay-phase rule
 /// (spec §2, Q21) by passing `load_size = crop_size` for epochs `> n_epochs`
@@ -51,61 +52,6 @@ impl TransformConfig {
         } else {
             *self
         }
-    }
-}
-
-/// SplitMix64 (Steele, Lea & Flood, 2014): a 64-bit counter passed through a bijective mixer.
-/// Small, fast, statistically sound for augmentation draws, and trivially seedable, which is
-/// all the loader needs: every item gets its own generator seeded from `(seed, epoch, item)`,
-/// so results never depend on which thread computed them.
-#[derive(Clone, Debug)]
-pub struct Rng {
-    state: u64,
-}
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The SplitMix64 output function (a bijection of u64).
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
-    }
-
-    /// A generator seeded by a hash of several words, e.g. `(seed, epoch, item)`; tuples of
-    /// different lengths or orders give unrelated streams.
-    pub fn from_parts(parts: &[u64]) -> Rng {
-        let mut h = mix64(0x243F_6A88_85A3_08D3 ^ parts.len() as u64);
-        for &p in parts {
-            h = mix64(h.wrapping_add(GOLDEN) ^ mix64(p.wrapping_add(GOLDEN)));
-        }
-        Rng::new(h)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(GOLDEN);
-        mix64(self.state)
-    }
-
-    /// Uniform in `0..n` (`n > 0`; `n = 0` gives 0) by Lemire's multiply-shift; the bias,
-    /// below `n / 2^64`, is irrelevant here.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-
-    /// Uniform in `[0, 1)` with 53 random bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// An independent generator seeded from this one's next output.
-    pub fn split(&mut self) -> Rng {
-        Rng::new(self.next_u64())
     }
 }
 
@@ -281,7 +227,7 @@ pub fn make_multiple_of_4(img: RgbImage) -> RgbImage {
 
 /// Steps 2–5 on an RGB image: resize, random crop, multiple-of-4, random flip. Draws from `rng`:
 /// crop left, crop top, then the flip (when enabled).
-pub fn augment(img: &RgbImage, cfg: &TransformConfig, rng: &mut Rng) -> Result<RgbImage, TchError> {
+pub fn augment(img: &RgbImage, cfg: &TransformConfig, rng: &mut SplitMix64) -> Result<RgbImage, TchError> {
     cfg.validate()?;
     if img.width() == 0 || img.height() == 0 {
         return Err(invalid("cannot transform an empty (0-pixel) image"));
@@ -323,6 +269,6 @@ pub fn rgb_to_tensor(img: &RgbImage) -> Tensor {
 }
 
 /// The whole training transform on a decoded image: steps 1–6, 3×H×W f32 in [−1, 1].
-pub fn transform(img: DynamicImage, cfg: &TransformConfig, rng: &mut Rng) -> Result<Tensor, TchError> {
+pub fn transform(img: DynamicImage, cfg: &TransformConfig, rng: &mut SplitMix64) -> Result<Tensor, TchError> {
     Ok(rgb_to_tensor(&augment(&to_rgb(img), cfg, rng)?))
 }

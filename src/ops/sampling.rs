@@ -5,47 +5,29 @@
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::error::invalid;
+use crate::rng::SplitMix64;
 
-/// SplitMix64: a small, fast, well-mixed 64-bit generator (Steele, Lea, Flood 2014).
+/// Seedable sampler of random patch positions.
 #[derive(Clone, Debug)]
 pub struct PatchSampler {
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl PatchSampler {
     pub fn new(seed: u64) -> Self {
-        PatchSampler { state: seed }
+        PatchSampler { rng: SplitMix64::new(seed) }
     }
 
     /// The generator's state, e.g. to store in a checkpoint; `PatchSampler::new(state)` resumes.
     pub fn state(&self) -> u64 {
-        self.state
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform integer in `0..n` (Lemire's multiply-shift with rejection, unbiased).
-    fn below(&mut self, n: u64) -> u64 {
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = (self.next_u64() as u128) * (n as u128);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
+        self.rng.state()
     }
 
     /// The first `k` entries of a uniform random permutation of `0..p` (partial Fisher–Yates).
     fn partial_permutation(&mut self, p: i64, k: i64) -> Vec<i64> {
         let mut perm: Vec<i64> = (0..p).collect();
         for i in 0..k as usize {
-            let j = i + self.below((p as usize - i) as u64) as usize;
+            let j = i + self.rng.below(p as usize - i);
             perm.swap(i, j);
         }
         perm.truncate(k as usize);

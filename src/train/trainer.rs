@@ -33,6 +33,7 @@ use crate::nets::generator::{Generator, GeneratorConfig};
 use crate::nets::init::{init_weights, InitType};
 use crate::nets::projector::{Projector, ProjectorConfig};
 use crate::ops::{patch_nce_loss, LocalLayout, PatchSampler, QsMode, Reduction};
+use crate::rng::SplitMix64;
 
 /// The three networks and the variable stores that own their parameters.
 pub struct Networks {
@@ -183,7 +184,7 @@ pub struct Trainer {
     /// Random patch ids of the CUT slots.
     sampler: PatchSampler,
     /// Flip-equivariance coins.
-    coins: PatchSampler,
+    coins: SplitMix64,
     gan_mode: GanMode,
     /// The epoch in progress (1-based, from `epoch_count`).
     pub epoch: i64,
@@ -208,7 +209,7 @@ impl Trainer {
         let gan_mode: GanMode = cfg.gan_mode.parse()?;
         Ok(Trainer {
             sampler: PatchSampler::new(cfg.seed ^ 0x5EED_0001),
-            coins: PatchSampler::new(cfg.seed ^ 0x5EED_0002),
+            coins: SplitMix64::new(cfg.seed ^ 0x5EED_0002),
             epoch: cfg.epoch_count,
             epoch_iter: 0,
             total_iters: 0,
@@ -259,7 +260,7 @@ impl Trainer {
         let (a, b) = (a.to_device(self.device), b.to_device(self.device));
         let images = a.size()[0];
         let mut real = if self.cfg.nce_idt && self.cfg.lambda_nce > 0.0 { Tensor::cat(&[&a, &b], 0) } else { a.shallow_clone() };
-        let flipped = self.cfg.flip_equivariance && self.coins.sample(2, 1, 1, false, Device::Cpu)?.int64_value(&[0]) == 1;
+        let flipped = self.cfg.flip_equivariance && self.coins.below(2) == 1;
         if flipped {
             real = real.flip([3]);
         }
@@ -534,7 +535,7 @@ impl Trainer {
         trainer.epoch_iter = num("epoch_iter")? as usize;
         trainer.total_iters = num("total_iters")?;
         trainer.sampler = PatchSampler::new(num("sampler_state")?);
-        trainer.coins = PatchSampler::new(num("coins_state")?);
+        trainer.coins = SplitMix64::new(num("coins_state")?);
         Ok(trainer)
     }
 }
