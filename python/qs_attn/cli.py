@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("generator", help="our checkpoint (.safetensors) or a reference latest_net_G.pth")
     p.add_argument("input", help="an image file or a folder")
     p.add_argument("output_dir")
-    p.add_argument("--size", type=int, default=256, help="resize to size x size (0: native size)")
+    p.add_argument("--size", type=int, default=None,
+                   help="resize to size x size (default: the training crop size; 0: native size)")
     p.add_argument("--device", default="cpu")
     p = sub.add_parser("import-pth", help="make a training checkpoint from reference .pth files")
     p.add_argument("out", help="checkpoint to write (.safetensors)")
@@ -74,8 +75,8 @@ def main(argv=None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "translate":
-            written = qs_attn.translate(args.generator, args.input, args.output_dir,
-                                        size=args.size or None, device=args.device)
+            size = "crop" if args.size is None else (args.size or None)
+            written = qs_attn.translate(args.generator, args.input, args.output_dir, size=size, device=args.device)
             print(f"wrote {len(written)} images to {args.output_dir}")
         elif args.command == "import-pth":
             files = {net: path for net, path in (("G", args.G), ("D", args.D), ("F", args.F)) if path}

@@ -52,8 +52,10 @@ class Generator:
     generator has no dropout or batch statistics)."""
 
     def __init__(self, ngf: int = 64, n_blocks: int = 9, no_antialias: bool = False,
-                 no_antialias_up: bool = False, device: str = "cpu"):
+                 no_antialias_up: bool = False, device: str = "cpu", crop_size: int = 256):
         self._net = _native.Generator(ngf, n_blocks, no_antialias, no_antialias_up, str(device))
+        #: The training crop size: images are resized to it for translation (spec §12.1).
+        self.crop_size = crop_size
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
@@ -95,14 +97,16 @@ def load_generator(path: Union[str, Path], device: str = "cpu") -> Generator:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(path)
+    crop_size = 256  # the reference's default, for its .pth files
     if path.suffix == ".safetensors":
-        state = checkpoint_state_dicts(path)["G"]
+        states = checkpoint_state_dicts(path)
+        state, crop_size = states["G"], int(states["config"].get("crop_size", crop_size))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ValueError(f"{path} does not hold a state dict")
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    g = Generator(**_generator_shape(state))
+    g = Generator(**_generator_shape(state), crop_size=crop_size)
     g.load_state_dict(state)
     return g.to(device)
 
@@ -111,7 +115,7 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".t
 
 
 def translate(generator: Union[Generator, str, Path], inputs, output_dir: Optional[Union[str, Path]] = None,
-              size: Optional[int] = 256, device: str = "cpu"):
+              size: Union[int, str, None] = "crop", device: str = "cpu"):
     """Translates a tensor batch, an image file, or a folder of images.
 
     Args:
@@ -119,10 +123,14 @@ def translate(generator: Union[Generator, str, Path], inputs, output_dir: Option
         inputs: an ``N×3×H×W`` tensor in [−1, 1] (returns the translated tensor), or a file /
             folder path (writes PNGs named after the inputs into ``output_dir``, returns their
             paths).
-        size: images are resized to ``size × size`` as the reference does at test time
-            (``crop_size``); ``None`` keeps the native size (rounded to multiples of 4).
+        size: ``"crop"`` (default): images are resized to the generator's training
+            ``crop_size`` (256 for a reference ``.pth``), as the reference does at test time;
+            an int: resized to ``size × size``; ``None``: the native size (rounded to
+            multiples of 4).
     """
     g = generator if isinstance(generator, Generator) else load_generator(generator, device)
+    if size == "crop":
+        size = g.crop_size
     if isinstance(inputs, torch.Tensor):
         with torch.no_grad():
             return g(inputs.to(g.device))

@@ -96,9 +96,13 @@ def test_generator_state_dict_and_translate(tmp_path):
     assert y.shape == (1, 3, 36, 36) and float(y.abs().max()) <= 1.0
     with pytest.raises(ValueError, match="divisible by 4"):
         G(torch.zeros(1, 3, 30, 30))
-    files = qs_attn.translate(G, qs_attn.bundled_dataset() / "testA", tmp_path / "out", size=32)
+    assert G.crop_size == 32  # from the run's config
+    files = qs_attn.translate(G, qs_attn.bundled_dataset() / "testA", tmp_path / "out")  # resized to crop_size
     assert len(files) == len(list((qs_attn.bundled_dataset() / "testA").glob("*.png")))
     assert _native.load_image(str(files[0])).shape == (1, 3, 32, 32)
+    source = sorted((qs_attn.bundled_dataset() / "testA").glob("*.png"))[0]
+    native = qs_attn.translate(G, source, tmp_path / "native", size=None)  # the 64x64 source size
+    assert _native.load_image(str(native[0])).shape == (1, 3, 64, 64)
 
 
 @pytest.mark.parametrize("options", [dict(flip_equivariance=True), dict(batch_size=3, mode="local", local_layout="reference"),
