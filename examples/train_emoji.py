@@ -58,7 +58,7 @@ def main() -> None:
     print(f"mean L1 to the ground truth over the test split: {l1:.4f}")
     print(f"loss plot:  {plot}")
     print(f"checkpoint: {result.checkpoint}")
-    print(f"final losses: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.final_losses.items())))
+    print("final losses: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.final_losses.items())))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -33,7 +33,6 @@ class TrainResult:
     total_iters: int
     interrupted: bool
     stopped_by: Optional[str] = None
-    extras: Dict[str, object] = field(default_factory=dict)
 
 
 class _ProgressLine:

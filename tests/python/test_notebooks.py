@@ -1,7 +1,6 @@
 """The notebooks execute headless without errors (a failing cell fails the test), at tiny sizes
 (QS_ATTN_NOTEBOOK_SMOKE=1). They are stored without outputs."""
 import json
-import os
 from pathlib import Path
 
 import nbformat

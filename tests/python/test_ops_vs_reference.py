@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import qs_attn
 import reference as ref
-from _util import TOL, close, leaf, no_grad_reached, weights_like
+from _util import close, leaf, no_grad_reached, weights_like
 
 DTYPES = [torch.float32, torch.float64]
 

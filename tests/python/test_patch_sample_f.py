@@ -3,7 +3,6 @@ weights (reference state_dict loaded into ours), generator-like taps but tiny, i
 random ids for slots 0–2, source call then target call with the source call's ids/attention.
 Outputs, MLP gradients and feature-map gradients must agree."""
 
-import copy
 
 import pytest
 import torch

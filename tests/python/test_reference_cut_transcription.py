@@ -3,7 +3,6 @@ own numbers (§3, §3.1, §4, §5, §10, §11.3, §11.5, §15 T1/T2/T7/T12/T13).
 qs_attn. Sizes are tiny except T1 (default widths, one 256² forward)."""
 
 import math
-import re
 
 import pytest
 import torch
