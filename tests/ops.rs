@@ -40,6 +40,17 @@ fn weighted_sum(outs: &[&Tensor]) -> Tensor {
         .fold(Tensor::from(0.0f64), |a, b| a + b)
 }
 
+/// Routed keys and queries equal the reference's, and so do the gradients of a random
+/// weighting of both w.r.t. the source and target maps.
+fn assert_routes_match(ours: (&Tensor, &Tensor), reference: (&Tensor, &Tensor), maps: (&Tensor, &Tensor)) {
+    assert_close("keys", ours.0, reference.0, TOL);
+    assert_close("queries", ours.1, reference.1, TOL);
+    let g_ours = grads(&weighted_sum(&[ours.0, ours.1]), &[maps.0, maps.1]);
+    let g_ref = grads(&weighted_sum(&[reference.0, reference.1]), &[maps.0, maps.1]);
+    assert_close("d src", &g_ours[0], &g_ref[0], TOL);
+    assert_close("d tgt", &g_ours[1], &g_ref[1], TOL);
+}
+
 #[test]
 fn patch_nce_matches_composition_values_and_gradients() {
     let (b, m, d) = (3i64, 5i64, 7i64);
@@ -97,13 +108,7 @@ fn global_selection_attention_and_routing_match_composition() {
     assert_eq!(sel.indices, expected_sel);
     let a_qs = a_full.gather(1, &expected_sel.unsqueeze(-1).expand([-1, -1, h * w], false), false);
     assert_close("attn", &sel.attn().unwrap(), &a_qs, TOL);
-    let (k_ref, q_ref) = (a_qs.bmm(&xs), a_qs.bmm(&xt));
-    assert_close("keys", &keys, &k_ref, TOL);
-    assert_close("queries", &queries, &q_ref, TOL);
-    let g_ours = grads(&weighted_sum(&[&keys, &queries]), &[&src, &tgt]);
-    let g_ref = grads(&weighted_sum(&[&k_ref, &q_ref]), &[&src, &tgt]);
-    assert_close("d src", &g_ours[0], &g_ref[0], TOL);
-    assert_close("d tgt", &g_ours[1], &g_ref[1], TOL);
+    assert_routes_match((&keys, &queries), (&a_qs.bmm(&xs), &a_qs.bmm(&xt)), (&src, &tgt));
 }
 
 #[test]
@@ -167,12 +172,7 @@ fn local_geometric_matches_loops_values_and_gradients() {
     assert_close("attn", &sel.attn().unwrap(), &a_qs, TOL);
     let k_ref = a_qs.unsqueeze(-2).matmul(&pick(&nb_s)).squeeze_dim(-2);
     let q_ref = a_qs.unsqueeze(-2).matmul(&pick(&nb_t)).squeeze_dim(-2);
-    assert_close("keys", &keys, &k_ref, TOL);
-    assert_close("queries", &queries, &q_ref, TOL);
-    let g_ours = grads(&weighted_sum(&[&keys, &queries]), &[&src, &tgt]);
-    let g_ref = grads(&weighted_sum(&[&k_ref, &q_ref]), &[&src, &tgt]);
-    assert_close("d src", &g_ours[0], &g_ref[0], TOL);
-    assert_close("d tgt", &g_ours[1], &g_ref[1], TOL);
+    assert_routes_match((&keys, &queries), (&k_ref, &q_ref), (&src, &tgt));
 }
 
 #[test]
