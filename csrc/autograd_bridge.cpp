@@ -15,6 +15,7 @@
 // graph is requested (create_graph=True), the returned gradients get an Error node, so
 // differentiating them again fails loudly instead of silently giving zero.
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -163,6 +164,11 @@ struct RustFunction : public torch::autograd::Function<RustFunction> {
 }  // namespace
 
 extern "C" {
+// Autocast off for the current thread while the returned guard lives (the ops choose their own
+// compute dtype, fp32 for half/bf16 inputs); released with qs_autocast_guard_end.
+void* qs_autocast_guard_begin() { return new c10::impl::ExcludeDispatchKeyGuard(c10::autocast_dispatch_keyset); }
+void qs_autocast_guard_end(void* guard) { delete static_cast<c10::impl::ExcludeDispatchKeyGuard*>(guard); }
+
 // Runs `op` (a Rust `Box<Box<dyn AutogradOp>>`, owned from here on) as an autograd node.
 // On success the outputs are in `out`; on failure `out` carries the error message.
 void qs_autograd_apply(void* op, const at::Tensor* const* inputs, int64_t n_inputs, QsSink* out) {

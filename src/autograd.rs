@@ -73,6 +73,29 @@ impl BackwardContext {
     }
 }
 
+/// While alive, autocast is off on this thread: the ops compute in the dtype they choose
+/// (float32 for half/bfloat16 inputs), not in autocast's lower precision. Every public op and
+/// both passes of every node hold one.
+pub struct NoAutocast(*mut c_void);
+
+impl NoAutocast {
+    pub fn new() -> Self {
+        NoAutocast(unsafe { qs_autocast_guard_begin() })
+    }
+}
+
+impl Default for NoAutocast {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NoAutocast {
+    fn drop(&mut self) {
+        unsafe { qs_autocast_guard_end(self.0) }
+    }
+}
+
 /// Runs `op` on `inputs` as a node of the autograd graph and returns its outputs.
 pub fn apply<O: AutogradOp>(op: O, inputs: &[&Tensor]) -> Result<Vec<Tensor>, TchError> {
     let boxed: Box<Box<dyn AutogradOp>> = Box::new(Box::new(op));
@@ -97,6 +120,8 @@ struct QsSink {
 }
 
 extern "C" {
+    fn qs_autocast_guard_begin() -> *mut c_void;
+    fn qs_autocast_guard_end(guard: *mut c_void);
     fn qs_autograd_apply(op: *mut c_void, inputs: *const *const C_tensor, n: i64, out: *mut QsSink);
     fn qs_sink_new() -> *mut QsSink;
     fn qs_sink_free(s: *mut QsSink);
@@ -177,6 +202,7 @@ unsafe fn op_ref<'a>(op: *mut c_void) -> &'a mut Box<dyn AutogradOp> {
 #[no_mangle]
 extern "C" fn qs_rs_op_forward(op: *mut c_void, inputs: *const *const C_tensor, n: i64, sink: *mut QsSink) -> bool {
     guarded(sink, || {
+        let _no_autocast = NoAutocast::new();
         let op = unsafe { op_ref(op) };
         let inputs: Vec<Tensor> = (0..n as usize).map(|i| unsafe { borrow(*inputs.add(i)) }).collect();
         let mut ctx = ForwardContext::default();
@@ -215,6 +241,7 @@ extern "C" fn qs_rs_op_backward(
     sink: *mut QsSink,
 ) -> bool {
     guarded(sink, || {
+        let _no_autocast = NoAutocast::new();
         let op = unsafe { op_ref(op) };
         let saved: Vec<Tensor> = (0..n_saved as usize).map(|i| unsafe { borrow(*saved.add(i)) }).collect();
         let grads: Vec<Option<Tensor>> = (0..n_grads as usize)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from . import _native
+from . import _library, _native
 
 _MODES = ("global", "local", "local_global", "cross")
 _LAYOUTS = ("geometric", "reference")
@@ -54,6 +54,8 @@ def patch_nce_loss(
     _check_tensor("feat_k", feat_k)
     _check_choice("reduction", reduction, ("mean", "none"))
     num_images = 1 if num_images is None else int(num_images)
+    if torch.compiler.is_compiling():
+        return _library.patch_nce_loss(feat_q, feat_k, float(tau), num_images, reduction, bool(detach_keys))
     return _native.patch_nce_loss(feat_q, feat_k, float(tau), num_images, reduction, bool(detach_keys))
 
 
@@ -87,15 +89,16 @@ class QSSelection:
         mode, window, local_layout: how it was made.
         height, width: the source map's spatial size.
         source: the ``(B, H*W, C)`` source features (a view of the map, detached when made with
-            ``detach_attn``).
+            ``detach_attn``); ``source_map``: the same as the ``(B, C, H, W)`` map.
     """
 
-    __slots__ = ("indices", "source", "local_attn", "mode", "window", "local_layout", "height", "width",
-                 "_attn")
+    __slots__ = ("indices", "source", "source_map", "local_attn", "mode", "window", "local_layout", "height",
+                 "width", "_attn")
 
-    def __init__(self, indices, source, local_attn, mode, window, local_layout, height, width):
+    def __init__(self, indices, source_map, local_attn, mode, window, local_layout, height, width):
         self.indices = indices
-        self.source = source
+        self.source_map = source_map
+        self.source = source_map.flatten(2).transpose(1, 2)
         self.local_attn = local_attn
         self.mode = mode
         self.window = window
@@ -106,6 +109,7 @@ class QSSelection:
 
     @property
     def attn(self) -> torch.Tensor:
+        """The reduced attention (computed on first access; eager mode only)."""
         if self._attn is None:
             self._attn = _native.qs_attention(self)
         return self._attn
@@ -144,9 +148,13 @@ def qs_select(
     _check_tensor("feat", feat)
     _check_choice("mode", mode, _MODES)
     _check_choice("local_layout", local_layout, _LAYOUTS)
-    indices, source, local_attn, height, width = _native.qs_select(
+    source_map = feat.detach() if detach_attn else feat
+    if torch.compiler.is_compiling():
+        indices = _library.select_indices(feat, int(num_patches), mode, int(window), local_layout)
+        return QSSelection(indices, source_map, None, mode, int(window), local_layout, feat.shape[2], feat.shape[3])
+    indices, _, local_attn, height, width = _native.qs_select(
         feat, int(num_patches), mode, int(window), local_layout, bool(detach_attn))
-    return QSSelection(indices, source, local_attn, mode, int(window), local_layout, height, width)
+    return QSSelection(indices, source_map, local_attn, mode, int(window), local_layout, height, width)
 
 
 def _check_selection(selection) -> None:
@@ -166,6 +174,10 @@ def qs_route(feat: torch.Tensor, selection: QSSelection) -> torch.Tensor:
     """
     _check_tensor("feat", feat)
     _check_selection(selection)
+    if torch.compiler.is_compiling():
+        mode = "local" if selection.mode == "local" else "global"
+        return _library.route(selection.source_map, selection.indices, feat, mode, selection.window,
+                              selection.local_layout)
     return _native.qs_route(feat, selection)
 
 
@@ -176,6 +188,11 @@ def qs_cross_route(feat_tgt: torch.Tensor, selection: QSSelection) -> torch.Tens
     """
     _check_tensor("feat_tgt", feat_tgt)
     _check_selection(selection)
+    if torch.compiler.is_compiling():
+        if selection.mode != "cross":
+            raise ValueError(f"qs_cross_route needs a selection made with mode 'cross', got {selection.mode!r}")
+        return _library.route(selection.source_map, selection.indices, feat_tgt, "cross", selection.window,
+                              selection.local_layout)
     return _native.qs_cross_route(feat_tgt, selection)
 
 

@@ -25,6 +25,7 @@ use tch::{TchError, Tensor};
 use super::check;
 use super::global_attention::{attend_and_route, global_entropy, selected_attention};
 use super::local_window::{local_attention, local_entropy, route_local, LocalLayout, Window};
+use crate::autograd::NoAutocast;
 use crate::error::invalid;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +106,7 @@ pub enum EntropyOf {
 /// Row entropies `B × P` of the global (`softmax(X Xᵀ)`) or local (window) attention, fp32
 /// (fp64 for fp64 input), with the reference's `φ(0) = 0`. No gradient.
 pub fn qs_entropy(feat: &Tensor, of: EntropyOf, window: i64) -> Result<Tensor, TchError> {
+    let _no_autocast = NoAutocast::new();
     let (x, [_, _, h, w]) = flatten("feat", feat)?;
     let x = x.to_kind(check::compute_kind("feat", feat)?);
     Ok(match of {
@@ -128,6 +130,7 @@ pub fn qs_select(
     layout: LocalLayout,
     detach_attn: bool,
 ) -> Result<Selection, TchError> {
+    let _no_autocast = NoAutocast::new();
     let (x, [_, _, h, w]) = flatten("feat", feat)?;
     let p = h * w;
     if num_patches < 1 || num_patches > p {
