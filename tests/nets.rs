@@ -571,7 +571,7 @@ fn rows_by_hand(feat: &Tensor, ids: &Tensor) -> Tensor {
 
 fn random_ids(sample: &SlotSample) -> &Tensor {
     match sample {
-        SlotSample::Random(ids) => ids,
+        SlotSample::Random { ids, .. } => ids,
         SlotSample::Qs(_) => panic!("expected a random slot"),
     }
 }
@@ -579,7 +579,7 @@ fn random_ids(sample: &SlotSample) -> &Tensor {
 fn selection(sample: &SlotSample) -> &ops::Selection {
     match sample {
         SlotSample::Qs(sel) => sel,
-        SlotSample::Random(_) => panic!("expected a QS slot"),
+        SlotSample::Random { .. } => panic!("expected a QS slot"),
     }
 }
 
@@ -628,6 +628,11 @@ fn projector_source_and_target_calls() {
     for s in 0..3 {
         assert_close("same maps, same rows", &again[s], &keys[s], 1e-6);
     }
+
+    // Target maps of another size than the source's are an error (not an out-of-range gather).
+    let smaller: Vec<Tensor> = src.iter().map(|m| m.narrow(2, 0, 2).narrow(3, 0, 2)).collect();
+    let err = f.sample_target(&smaller, &samples).err().expect("size mismatch").to_string();
+    assert!(err.contains("positions"), "{err}");
 }
 
 #[test]
@@ -674,7 +679,7 @@ fn projector_modes_and_sizes() {
     // CUT (mode None): every slot random, qs_slots ignored.
     let (_, f) = projector(&projector_config(16, None, vec![2]));
     let (_, samples) = f.sample_source(&src, 4, &mut PatchSampler::new(3), None).unwrap();
-    assert!(samples.iter().all(|s| matches!(s, SlotSample::Random(_))));
+    assert!(samples.iter().all(|s| matches!(s, SlotSample::Random { .. })));
 
     // Cross mode: the target call routes with softmax(X_src[sel] X_tgtᵀ) X_tgt.
     let (vs, f) = projector(&projector_config(16, Some(QsMode::Cross), vec![2]));

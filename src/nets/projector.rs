@@ -42,7 +42,11 @@ pub struct ProjectorConfig {
 pub enum SlotSample {
     /// Random positions: `(N,)` shared by the batch or `(B, N)` per image, int64, on the
     /// features' device.
-    Random(Tensor),
+    Random {
+        ids: Tensor,
+        /// H·W of the source map the ids were validated against.
+        positions: i64,
+    },
     /// The QS-Attn selection made on the source features.
     Qs(Selection),
 }
@@ -131,7 +135,7 @@ impl Projector {
                         }
                         None => sampler.sample(h * w, num_patches, b, self.cfg.per_image_ids, feat.device())?,
                     };
-                    (gather_rows(feat, &slot_ids)?, SlotSample::Random(slot_ids))
+                    (gather_rows(feat, &slot_ids)?, SlotSample::Random { ids: slot_ids, positions: h * w })
                 }
             };
             rows.push(self.project(s, &slot_rows)?);
@@ -153,9 +157,16 @@ impl Projector {
             .enumerate()
             .map(|(s, (feat, sample))| {
                 let slot_rows = match sample {
-                    SlotSample::Random(ids) => {
-                        let (b, _, h, w) = feat.size4()?;
-                        check_ids(s, ids, b, h * w)?;
+                    SlotSample::Random { ids, positions } => {
+                        // The ids were checked against the source map; a target map of the same
+                        // size needs no second (host-synchronising) value check.
+                        let (_, _, h, w) = feat.size4()?;
+                        if h * w != *positions {
+                            return Err(invalid(format!(
+                                "slot {s}: the target map has {} positions but the source map had {positions}",
+                                h * w
+                            )));
+                        }
                         gather_rows(feat, ids)?
                     }
                     SlotSample::Qs(sel) if sel.mode == QsMode::Cross => ops::qs_cross_route(feat, sel)?.f_flatten(0, 1)?,
