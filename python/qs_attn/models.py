@@ -111,9 +111,6 @@ def load_generator(path: Union[str, Path], device: str = "cpu") -> Generator:
     return g.to(device)
 
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
-
-
 def translate(generator: Union[Generator, str, Path], inputs, output_dir: Optional[Union[str, Path]] = None,
               size: Union[int, str, None] = "crop", device: str = "cpu"):
     """Translates a tensor batch, an image file, or a folder of images.
@@ -136,7 +133,7 @@ def translate(generator: Union[Generator, str, Path], inputs, output_dir: Option
             return g(inputs.to(g.device))
     src = Path(inputs)
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = [Path(p) for p in _native.image_files(str(src))]
     elif src.is_file():
         files = [src]
     else:

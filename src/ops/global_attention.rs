@@ -36,13 +36,18 @@ pub fn softmax_entropy(logits: Tensor) -> Tensor {
     p.special_entr().sum_dim_intlist(-1, false, p.kind())
 }
 
+/// Query rows per block so that one `rows × P` block stays within `block_elements`.
+fn row_block(b: i64, p: i64, n: i64, device: Device) -> i64 {
+    (block_elements(device) / (b * p)).clamp(1, n)
+}
+
 /// `H[b, i]` = entropy of row i of `softmax(X_b X_bᵀ)` for every position (no gradient).
 /// Computed in blocks of rows so that only `rows × P` logits exist at a time.
 pub fn global_entropy(x: &Tensor) -> Tensor {
     let _guard = tch::no_grad_guard();
     let (b, p) = (x.size()[0], x.size()[1]);
     let keys_t = x.transpose(1, 2); // B × C × P (a view)
-    let rows = (block_elements(x.device()) / (b * p)).clamp(1, p);
+    let rows = row_block(b, p, p, x.device());
     let blocks: Vec<Tensor> = (0..p)
         .step_by(rows as usize)
         .map(|start| {
@@ -130,11 +135,6 @@ struct AttendRoute {
     /// `None`: the keys are the queries' own map.
     k_kind: Option<Kind>,
     y_kind: Kind,
-}
-
-/// Query rows per block so that one `rows × P` block stays within `block_elements`.
-fn row_block(b: i64, p: i64, n: i64, device: Device) -> i64 {
-    (block_elements(device) / (b * p)).clamp(1, n)
 }
 
 impl AttendRoute {

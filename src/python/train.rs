@@ -293,6 +293,13 @@ pub fn load_image(path: PathBuf, size: Option<u32>) -> PyResult<PyTensor> {
     image_io::load_image(&path, size).map(PyTensor).map_err(to_py)
 }
 
+/// The image files under a folder, recursively and sorted (the dataset loader's rule);
+/// an error if there are none.
+#[pyfunction]
+pub fn image_files(folder: PathBuf) -> PyResult<Vec<PathBuf>> {
+    crate::data::dataset::image_files(&folder).map_err(to_py)
+}
+
 /// Saves `3 × H × W` (or the first of `N × 3 × H × W`) in [−1, 1] as PNG (truncating, as the
 /// reference does).
 #[pyfunction]
@@ -305,6 +312,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGenerator>()?;
     m.add_function(wrap_pyfunction!(read_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
+    m.add_function(wrap_pyfunction!(image_files, m)?)?;
     m.add_function(wrap_pyfunction!(save_image, m)?)?;
     Ok(())
 }
