@@ -72,7 +72,7 @@ pub fn gan_loss(mode: GanMode, pred: &Tensor, target_is_real: bool) -> Tensor {
 /// including its `+1e-16` on the gradient before the norm). `real` and `fake` are detached;
 /// the penalty is differentiable w.r.t. the parameters of `d` (double backward through D).
 pub fn gradient_penalty(
-    d: &dyn Fn(&Tensor) -> Tensor,
+    d: &dyn Fn(&Tensor) -> Result<Tensor, TchError>,
     real: &Tensor,
     fake: &Tensor,
     lambda_gp: f64,
@@ -102,7 +102,7 @@ pub fn gradient_penalty(
     let alpha = Tensor::f_rand(alpha_shape.as_slice(), (real.kind(), real.device()))?;
     let (real, fake) = (real.detach(), fake.detach());
     let x_hat = (alpha.f_mul(&real)? + alpha.f_neg()?.f_add_scalar(1.0)?.f_mul(&fake)?).set_requires_grad(true);
-    let score = d(&x_hat).f_sum(None::<Kind>)?;
+    let score = d(&x_hat)?.f_sum(None::<Kind>)?;
     let grad = Tensor::f_run_backward(&[&score], &[&x_hat], true, true)?.remove(0);
     let norms = (grad.f_reshape([b, -1])? + 1e-16).f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?;
     Ok((norms - 1.0).square().mean(None::<Kind>) * lambda_gp)

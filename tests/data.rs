@@ -9,6 +9,7 @@ use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
 use qs_attn::data::image_io::tensor_to_rgb;
 use qs_attn::data::loader::unreadable_images;
 use qs_attn::data::transform::{make_multiple_of_4, nearest_multiple_of_4, resize_bicubic};
+use qs_attn::data::loader::epoch_batches_from;
 use qs_attn::data::{
     epoch_batches, load_image, save_grid, save_image, Batch, Direction, LoaderConfig, TransformConfig, UnalignedDataset,
 };
@@ -71,6 +72,7 @@ fn loader(batch_size: usize, seed: u64, workers: usize, serial: bool) -> LoaderC
         workers,
         prefetch: 2,
         serial_batches: serial,
+        shard: (0, 1),
     }
 }
 
@@ -500,6 +502,45 @@ fn same_seed_and_epoch_give_identical_batches_for_any_worker_count() {
 }
 
 #[test]
+fn shards_of_a_data_parallel_run_split_the_single_process_batches() {
+    // Two ranks with batch 2 each see, per step, exactly the two halves of the batch of 4 that
+    // a single process sees; 9 items give 2 global batches (drop_last on W·B = 4).
+    let d = TempDir::new("shards");
+    let ds = make_dataset(d.path(), 9, 5, 20, 16);
+    let t = TransformConfig { load_size: 20, crop_size: 16, flip: true };
+    let single = all_batches(&ds, t, &loader(4, 7, 2, false), 2);
+    let ranks: Vec<Vec<Batch>> =
+        (0..2).map(|r| all_batches(&ds, t, &LoaderConfig { shard: (r, 2), ..loader(2, 7, 1, false) }, 2)).collect();
+    assert_eq!(single.len(), 2);
+    for (k, whole) in single.iter().enumerate() {
+        for (r, rank) in ranks.iter().enumerate() {
+            assert_eq!(rank.len(), 2);
+            let half = whole.a.narrow(0, 2 * r as i64, 2);
+            assert!(rank[k].a.equal(&half) && rank[k].b.equal(&whole.b.narrow(0, 2 * r as i64, 2)), "step {k} rank {r}");
+            assert_eq!(rank[k].a_paths[..], whole.a_paths[2 * r..2 * r + 2]);
+        }
+    }
+    let bad = epoch_batches(Arc::clone(&ds), t, &LoaderConfig { shard: (2, 2), ..loader(1, 7, 1, false) }, 1).collect::<Vec<_>>();
+    assert!(err_msg(bad.into_iter().next().unwrap()).contains("rank 2"));
+}
+
+#[test]
+fn a_resumed_epoch_starts_at_its_batch() {
+    let d = TempDir::new("resume_epoch");
+    let ds = make_dataset(d.path(), 8, 3, 20, 16);
+    let t = TransformConfig { load_size: 20, crop_size: 16, flip: true };
+    let all = all_batches(&ds, t, &loader(1, 3, 2, false), 5);
+    for workers in [0, 1, 3] {
+        let rest: Vec<Batch> = epoch_batches_from(Arc::clone(&ds), t, &loader(1, 3, workers, false), 5, 5).map(|b| b.unwrap()).collect();
+        assert_eq!(rest.len(), 3, "{workers} workers");
+        for (x, y) in all[5..].iter().zip(&rest) {
+            assert!(x.a.equal(&y.a) && x.b.equal(&y.b));
+        }
+    }
+    assert_eq!(epoch_batches_from(Arc::clone(&ds), t, &loader(1, 3, 2, false), 5, 99).count(), 0);
+}
+
+#[test]
 fn serial_batches_pair_a_i_with_b_i_mod_b() {
     let d = TempDir::new("serial");
     let ds = make_dataset(d.path(), 5, 2, 8, 8);
@@ -646,6 +687,7 @@ fn dropping_the_iterator_early_stops_the_workers_promptly() {
         workers: 3,
         prefetch: 2,
         serial_batches: false,
+        shard: (0, 1),
     };
     let start = Instant::now();
     let full = epoch_batches(Arc::clone(&ds), t, &cfg, 1).count();

@@ -83,7 +83,7 @@ fn gradient_penalty_of_a_linear_critic() {
     let w = (randn(2, &[1, 2, 3, 3]) * 0.7).set_requires_grad(true);
     let (real, fake) = (randn(3, &[4, 2, 3, 3]), randn(4, &[4, 2, 3, 3]));
     let lambda = 10.0;
-    let d = |x: &Tensor| (x * &w).sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double);
+    let d = |x: &Tensor| (x * &w).f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double);
     let gp = seeded(5, || gradient_penalty(&d, &real, &fake, lambda)).unwrap();
     let norm = w.detach().square().sum(Kind::Double).sqrt().double_value(&[]);
     assert_rel("penalty", value(&gp), lambda * (norm - 1.0).powi(2), 1e-12);
@@ -99,7 +99,7 @@ fn gradient_penalty_interpolates_per_sample() {
     // D(x) = Σ x² per sample: ∂D/∂x̂ = 2x̂, with x̂_b = α_b·real_b + (1 − α_b)·fake_b and α drawn
     // first from torch's RNG (so the same seed reproduces it here).
     let (real, fake) = (randn(6, &[3, 2, 4, 4]), randn(7, &[3, 2, 4, 4]));
-    let d = |x: &Tensor| x.square().sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double);
+    let d = |x: &Tensor| x.square().f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double);
     let gp = seeded(8, || gradient_penalty(&d, &real, &fake, 2.0)).unwrap();
     let alpha = seeded(8, || Tensor::rand([3, 1, 1, 1], (Kind::Double, Device::Cpu)));
     let x_hat = &alpha * &real + (alpha.ones_like() - &alpha) * &fake;
@@ -112,11 +112,11 @@ fn gradient_penalty_interpolates_per_sample() {
 
 #[test]
 fn gradient_penalty_rejects_bad_input() {
-    let d = |x: &Tensor| x.sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double);
+    let d = |x: &Tensor| x.f_sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double);
     let real = randn(9, &[2, 1, 2, 2]);
     assert!(gradient_penalty(&d, &real, &randn(9, &[3, 1, 2, 2]), 1.0).is_err(), "shape mismatch");
     assert!(gradient_penalty(&d, &real, &real.to_kind(Kind::Float), 1.0).is_err(), "kind mismatch");
     assert!(gradient_penalty(&d, &real, &real, f64::INFINITY).is_err(), "lambda");
-    let constant = |x: &Tensor| Tensor::zeros([x.size()[0]], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let constant = |x: &Tensor| Ok(Tensor::zeros([x.size()[0]], (Kind::Double, Device::Cpu)).set_requires_grad(true));
     assert!(gradient_penalty(&constant, &real, &real, 1.0).is_err(), "D does not depend on its input");
 }

@@ -34,13 +34,18 @@ from ._ops import (
 )
 from ._native import PatchSampler
 from . import nn
-from .models import Generator, checkpoint_state_dicts, export_pth, import_pth, load_generator, translate
+from .models import Discriminator, Generator, checkpoint_state_dicts, export_pth, import_pth, load_generator, translate
+from .trainer import StepInfo, StopTraining, Trainer
 from .train import TrainResult, bundled_dataset, plot_losses, resume, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Discriminator",
     "Generator",
+    "StepInfo",
+    "StopTraining",
+    "Trainer",
     "PatchSampler",
     "TrainResult",
     "bundled_dataset",

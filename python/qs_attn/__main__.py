@@ -1,4 +1,4 @@
-"""``python -m qs_attn ...`` is the ``qs-attn`` command."""
+"""``python -m qs_attn ...`` (and ``torchrun --nproc_per_node=N -m qs_attn train ...``): the CLI."""
 import sys
 
 from .cli import main

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
 from . import _native
+from ._shared_module import SharedTensorModule
 
-__all__ = ["Generator", "load_generator", "translate", "import_pth", "export_pth", "checkpoint_state_dicts"]
+__all__ = ["Generator", "Discriminator", "load_generator", "translate", "import_pth", "export_pth", "checkpoint_state_dicts"]
 
 _NETS = ("G", "D", "F")
 
@@ -45,50 +47,95 @@ def _generator_shape(state: Dict[str, torch.Tensor]) -> dict:
     }
 
 
-class Generator:
-    """A ResNet generator (Rust) usable on torch tensors: ``G(x)`` for an ``N×3×H×W`` tensor in
-    [−1, 1] with H, W divisible by 4; ``state_dict()`` / ``load_state_dict()`` with the
-    reference's key names; ``.to(device)``; ``.eval()`` / ``.train()`` (no-ops: the default
-    generator has no dropout or batch statistics)."""
+def _check_images(x, module: nn.Module, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"{what} expects an N×3×H×W tensor, got shape {tuple(x.shape)}")
+    if x.device != module.device:
+        raise ValueError(f"input is on {x.device} but the {what} is on {module.device}: move one with .to(device)")
+
+
+class Generator(SharedTensorModule):
+    """The ResNet generator (Rust) as a ``torch.nn.Module``.
+
+    ``G(x)`` translates an ``N×3×H×W`` tensor in [−1, 1] (H, W divisible by 4); the
+    reference's ``G(x, layers, encode_only=True)`` returns the outputs of the listed layers
+    (the NCE taps) and ``G(x, layers)`` ``(translation, taps)``. ``parameters()``,
+    ``state_dict()`` / ``load_state_dict()`` (the reference's key names), ``.to(device)``,
+    ``.train()`` / ``.eval()`` (no effect on the default generator: no dropout, no batch
+    statistics) behave as for any module; the parameters are the Rust network's own tensors,
+    so a PyTorch optimiser trains it. New generators are initialised as the reference does
+    (``init_type``, ``init_gain``; torch's global RNG).
+    """
 
     def __init__(self, ngf: int = 64, n_blocks: int = 9, no_antialias: bool = False,
-                 no_antialias_up: bool = False, device: str = "cpu", crop_size: int = 256):
-        self._net = _native.Generator(ngf, n_blocks, no_antialias, no_antialias_up, str(device))
+                 no_antialias_up: bool = False, device: str = "cpu", crop_size: int = 256,
+                 init_type: str = "xavier", init_gain: float = 0.02):
+        net = _native.Network.generator(ngf, n_blocks, no_antialias, no_antialias_up)
+        net.init_weights(init_type, init_gain)
+        super().__init__(net.state(), net.parameter_names())
+        self._native = net
         #: The training crop size: images are resized to it for translation (spec §12.1).
         self.crop_size = crop_size
+        self.to(device)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
+    @classmethod
+    def _of_trainer(cls, trainer: "_native.Trainer", crop_size: int) -> "Generator":
+        """A view of a trainer's built-in generator (same tensors)."""
+        g = cls.__new__(cls)
+        SharedTensorModule.__init__(g, trainer.state_dict("G"), trainer.parameter_names("G"))
+        g._native = _TrainerNet(trainer, "generator")
+        g.crop_size = crop_size
+        return g
+
+    def forward(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None, encode_only: bool = False):
+        _check_images(x, self, "generator")
+        if x.shape[2] % 4 or x.shape[3] % 4:
+            raise ValueError(f"height and width must be divisible by 4, got {tuple(x.shape)}")
+        return self._native.forward(x, None if layers is None else [int(i) for i in layers], encode_only)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel prefix
+        return super().load_state_dict(state, strict=strict)
+
+
+class Discriminator(SharedTensorModule):
+    """The PatchGAN discriminator (Rust) as a ``torch.nn.Module``: ``D(x)`` gives the patch
+    logits of an ``N×3×H×W`` batch; parameters, ``state_dict`` keys and devices as for
+    :class:`Generator`."""
+
+    def __init__(self, ndf: int = 64, n_layers: int = 3, no_antialias: bool = False, device: str = "cpu",
+                 init_type: str = "xavier", init_gain: float = 0.02):
+        net = _native.Network.discriminator(ndf, n_layers, no_antialias)
+        net.init_weights(init_type, init_gain)
+        super().__init__(net.state(), net.parameter_names())
+        self._native = net
+        self.to(device)
+
+    @classmethod
+    def _of_trainer(cls, trainer: "_native.Trainer") -> "Discriminator":
+        """A view of a trainer's built-in discriminator (same tensors)."""
+        d = cls.__new__(cls)
+        SharedTensorModule.__init__(d, trainer.state_dict("D"), trainer.parameter_names("D"))
+        d._native = _TrainerNet(trainer, "discriminator")
+        return d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-        return self._net.forward(x)
+        _check_images(x, self, "discriminator")
+        return self._native.forward(x)
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return dict(self._net.state_dict())
 
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> "Generator":
-        state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel prefix
-        self._net.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-        return self
+class _TrainerNet:
+    """Calls a trainer's network (``"generator"`` or ``"discriminator"``) like a standalone one."""
 
-    def to(self, device) -> "Generator":
-        self._net.to(str(torch.device(device)))
-        return self
+    def __init__(self, trainer: "_native.Trainer", which: str):
+        self.trainer, self.which = trainer, which
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self._net.device)
-
-    def eval(self) -> "Generator":
-        return self
-
-    def train(self, mode: bool = True) -> "Generator":
-        return self
-
-    def parameters(self) -> Iterable[torch.Tensor]:
-        return (t for k, t in self.state_dict().items() if not k.endswith(".filt"))
+    def forward(self, x, layers=None, encode_only=False):
+        if self.which == "generator":
+            return self.trainer.generator(x, layers, encode_only)
+        return self.trainer.discriminator(x)
 
 
 def load_generator(path: Union[str, Path], device: str = "cpu") -> Generator:
@@ -108,7 +155,7 @@ def load_generator(path: Union[str, Path], device: str = "cpu") -> Generator:
         state = {k.removeprefix("module."): v for k, v in state.items()}
     g = Generator(**_generator_shape(state), crop_size=crop_size)
     g.load_state_dict(state)
-    return g.to(device)
+    return g.to(device).eval()
 
 
 def translate(generator: Union[Generator, str, Path], inputs, output_dir: Optional[Union[str, Path]] = None,

@@ -5,6 +5,11 @@
 //! and the A order from `SplitMix64::from_parts([seed, epoch])`, so the batches depend on
 //! `(seed, epoch)` only, never on the number of workers or their timing.
 //!
+//! Data-parallel runs: with `shard = (r, W)` the global batch `k` is the `W·B` items
+//! `k·W·B ..`, and process `r` takes its `r`-th block of `B` (disjoint shards of one shared
+//! shuffle, `DistributedSampler` semantics); the union over the ranks is exactly the batch a
+//! single process with batch size `W·B` sees.
+//!
 //! Threads: worker `w` of `W` computes batches `w, w + W, w + 2W, …` and hands them over its
 //! own bounded channel (capacity `ceil(prefetch / W)`); the consumer reads channel `k mod W`
 //! for batch `k`, so batches come in order with no reordering buffer, and at most about
@@ -37,6 +42,8 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// No shuffling: item `i` pairs `A[i mod |A|]` with `B[i mod |B|]`.
     pub serial_batches: bool,
+    /// `(rank, world_size)` of a data-parallel run; `(0, 1)` in a single process.
+    pub shard: (usize, usize),
 }
 
 /// A batch of `B` items: `a`, `b` are B×3×H×W f32 CPU tensors in [−1, 1]; the paths are the
@@ -104,6 +111,7 @@ struct EpochPlan {
     dataset: Arc<UnalignedDataset>,
     transform: TransformConfig,
     batch_size: usize,
+    shard: (usize, usize),
     seed: u64,
     epoch: u64,
     serial: bool,
@@ -143,12 +151,14 @@ impl EpochPlan {
         Ok((a_path, b_path, a.dimensions()))
     }
 
-    /// Batch `k`: items `k·B .. (k+1)·B`, stacked.
+    /// Batch `k` of this shard: items `(k·W + r)·B .. (k·W + r + 1)·B`, stacked.
     fn batch(&self, k: usize) -> Result<Batch, TchError> {
         let (mut a_buf, mut b_buf) = (Vec::new(), Vec::new());
         let (mut a_paths, mut b_paths) = (Vec::new(), Vec::new());
         let mut size = None;
-        for i in k * self.batch_size..(k + 1) * self.batch_size {
+        let (rank, world) = self.shard;
+        let first = (k * world + rank) * self.batch_size;
+        for i in first..first + self.batch_size {
             let (pa, pb, dims) = self.item(i, &mut a_buf, &mut b_buf)?;
             if size.is_some_and(|s| s != dims) {
                 return Err(invalid("internal error: images of one batch differ in size"));
@@ -174,6 +184,8 @@ enum Source {
     /// `workers = 0`: computed on demand on the caller's thread.
     Inline(EpochPlan),
     Threads {
+        /// The batch the workers started at.
+        first: usize,
         receivers: Vec<Receiver<Result<Batch, TchError>>>,
         stop: Arc<AtomicBool>,
         handles: Vec<JoinHandle<()>>,
@@ -202,6 +214,18 @@ pub fn epoch_batches(
     cfg: &LoaderConfig,
     epoch: u64,
 ) -> EpochBatches {
+    epoch_batches_from(dataset, transform, cfg, epoch, 0)
+}
+
+/// [`epoch_batches`] from batch `first` on (a resumed epoch): the earlier batches are neither
+/// computed nor yielded.
+pub fn epoch_batches_from(
+    dataset: Arc<UnalignedDataset>,
+    transform: TransformConfig,
+    cfg: &LoaderConfig,
+    epoch: u64,
+    first: usize,
+) -> EpochBatches {
     let invalid_source = |e| EpochBatches {
         num_batches: 0,
         next: 0,
@@ -209,6 +233,10 @@ pub fn epoch_batches(
     };
     if cfg.batch_size == 0 {
         return invalid_source(invalid("batch_size must be positive"));
+    }
+    let (rank, world) = cfg.shard;
+    if rank >= world {
+        return invalid_source(invalid(format!("rank {rank} is not below the world size {world}")));
     }
     if dataset.a.is_empty() || dataset.b.is_empty() {
         return invalid_source(invalid("the dataset needs at least one image in each domain"));
@@ -225,24 +253,26 @@ pub fn epoch_batches(
             order.swap(i, rng.below(i + 1));
         }
     }
-    let num_batches = len / cfg.batch_size; // drop_last
+    let num_batches = len / (cfg.batch_size * world); // drop_last
+    let first = first.min(num_batches);
     let plan = EpochPlan {
         dataset,
         transform,
         batch_size: cfg.batch_size,
+        shard: cfg.shard,
         seed: cfg.seed,
         epoch,
         serial: cfg.serial_batches,
         order,
     };
-    if cfg.workers == 0 || num_batches == 0 {
+    if cfg.workers == 0 || num_batches == first {
         return EpochBatches {
             num_batches,
-            next: 0,
+            next: first,
             source: Source::Inline(plan),
         };
     }
-    let workers = cfg.workers.min(num_batches);
+    let workers = cfg.workers.min(num_batches - first);
     let capacity = cfg.prefetch.div_ceil(workers);
     let plan = Arc::new(plan);
     let stop = Arc::new(AtomicBool::new(false));
@@ -254,7 +284,7 @@ pub fn epoch_batches(
         let spawned = std::thread::Builder::new()
             .name(format!("qs_attn-data-{w}"))
             .spawn(move || {
-                for k in (w..num_batches).step_by(workers) {
+                for k in (first + w..num_batches).step_by(workers) {
                     if worker_stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -277,8 +307,9 @@ pub fn epoch_batches(
     }
     EpochBatches {
         num_batches,
-        next: 0,
+        next: first,
         source: Source::Threads {
+            first,
             receivers,
             stop,
             handles,
@@ -298,9 +329,9 @@ impl Iterator for EpochBatches {
                 self.next += 1;
                 Some(plan.batch(k))
             }
-            Source::Threads { receivers, .. } => {
+            Source::Threads { receivers, first, .. } => {
                 self.next += 1;
-                match receivers[k % receivers.len()].recv() {
+                match receivers[(k - *first) % receivers.len()].recv() {
                     Ok(batch) => Some(batch),
                     Err(_) => {
                         // the worker died (a panic): report once and end the epoch
@@ -329,6 +360,7 @@ impl Drop for EpochBatches {
             receivers,
             stop,
             handles,
+            ..
         } = &mut self.source
         {
             // stop flag first, then close the channels so a worker blocked on send wakes up

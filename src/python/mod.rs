@@ -11,6 +11,7 @@ use tch::{Device, TchError};
 use crate::error::message;
 use crate::ops::{self, EntropyOf, LocalLayout, PatchSampler, QsMode, Reduction, Selection};
 
+mod parts;
 mod train;
 
 fn to_py(e: TchError) -> PyErr {

@@ -1,6 +1,6 @@
 //! Adam (Kingma & Ba), with the exact update of `torch.optim.Adam` (no weight decay, no
 //! amsgrad), and its state as named tensors so that checkpoints can store and restore it.
-use tch::{nn::VarStore, no_grad, TchError, Tensor};
+use tch::{no_grad, TchError, Tensor};
 
 use crate::error::invalid;
 
@@ -18,10 +18,8 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn new(vs: &VarStore, lr: f64, beta1: f64, beta2: f64) -> Self {
-        let mut params: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
+    /// Over `params` (name, parameter): shared tensors, updated in place by [`Adam::step`].
+    pub fn new(params: Vec<(String, Tensor)>, lr: f64, beta1: f64, beta2: f64) -> Self {
         let zeros = |params: &[(String, Tensor)]| params.iter().map(|(_, p)| p.zeros_like()).collect();
         Adam { exp_avg: zeros(&params), exp_avg_sq: zeros(&params), params, step: 0, lr, beta1, beta2, eps: 1e-8 }
     }
@@ -31,6 +29,12 @@ impl Adam {
         for (_, p) in &self.params {
             let _ = p.shallow_clone().set_requires_grad(on);
         }
+    }
+
+    /// The gradients of the parameters that have one (shared: changing them in place changes
+    /// what [`Adam::step`] applies).
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect()
     }
 
     pub fn zero_grad(&mut self) {

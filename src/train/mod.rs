@@ -2,4 +2,6 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
+pub mod parts;
+pub mod run;
 pub mod trainer;

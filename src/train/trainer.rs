@@ -14,35 +14,62 @@
 //! the taps of the generator's own pass on `[x; y]` instead of two more encoder passes (the
 //! same values per image, Q11); patch ids come from our own generator (Q18).
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use tch::{nn, Device, Kind, TchError, Tensor};
 
 use super::adam::Adam;
 use super::checkpoint;
 use super::config::TrainConfig;
-use crate::data::dataset::{Direction, UnalignedDataset};
-use crate::data::image_io;
-use crate::data::loader::{epoch_batches, LoaderConfig};
-use crate::data::transform::TransformConfig;
+use super::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, NceLossPart, Owned, PatchNce, ProjectorPart};
+use super::run::RunState;
 use crate::error::invalid;
-use crate::losses::{gan_loss, gradient_penalty, GanMode};
+use crate::losses::{gradient_penalty, GanMode};
 use crate::nets::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::nets::generator::{Generator, GeneratorConfig};
 use crate::nets::init::{init_weights, InitType};
 use crate::nets::projector::{Projector, ProjectorConfig};
-use crate::ops::{patch_nce_loss, LocalLayout, PatchSampler, QsMode, Reduction};
+use crate::ops::{LocalLayout, PatchSampler, QsMode};
 use crate::rng::SplitMix64;
 
-/// The three networks and the variable stores that own their parameters.
+/// The three networks, built-in or supplied by the caller.
 pub struct Networks {
-    pub g_vs: nn::VarStore,
-    pub g: Generator,
-    pub d_vs: nn::VarStore,
-    pub d: Discriminator,
-    pub f_vs: nn::VarStore,
-    pub f: Projector,
+    pub g: Box<dyn GeneratorPart>,
+    pub d: Box<dyn DiscriminatorPart>,
+    pub f: Box<dyn ProjectorPart>,
+}
+
+/// Replacements for the built-in parts (`None`: the built-in one). A supplied network must
+/// already be on the training device.
+#[derive(Default)]
+pub struct Parts {
+    pub g: Option<Box<dyn GeneratorPart>>,
+    pub d: Option<Box<dyn DiscriminatorPart>>,
+    pub f: Option<Box<dyn ProjectorPart>>,
+    pub gan_loss: Option<Box<dyn GanLossPart>>,
+    pub nce_loss: Option<Box<dyn NceLossPart>>,
+}
+
+impl Parts {
+    /// The names of the supplied parts ("G", "D", "F", "gan_loss", "nce_loss").
+    pub fn supplied(&self) -> Vec<&'static str> {
+        [
+            ("G", self.g.is_some()),
+            ("D", self.d.is_some()),
+            ("F", self.f.is_some()),
+            ("gan_loss", self.gan_loss.is_some()),
+            ("nce_loss", self.nce_loss.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+}
+
+/// A built-in network with its variables initialised (spec §3.1).
+fn initialised<N>(vs: nn::VarStore, net: N, init: InitType, gain: f64) -> Result<Owned<N>, TchError> {
+    init_weights(&vs, init, gain)?;
+    Ok(Owned { vs, net })
 }
 
 pub fn parse_device(s: &str) -> Result<Device, TchError> {
@@ -57,60 +84,71 @@ pub fn parse_device(s: &str) -> Result<Device, TchError> {
 }
 
 impl Networks {
-    /// Builds G, D and F for `cfg` on `device`, initialised as spec §3.1 (seeded by the caller).
-    pub fn new(cfg: &TrainConfig, device: Device) -> Result<Self, TchError> {
+    /// Builds G, D and F for `cfg` on `device`, initialised as spec §3.1 (seeded by the
+    /// caller), each unless `parts` supplies it.
+    pub fn new(cfg: &TrainConfig, device: Device, parts: &mut Parts) -> Result<Self, TchError> {
         if let Device::Cuda(_) = device {
             if !tch::Cuda::is_available() {
                 return Err(invalid("device 'cuda' was requested but CUDA is not available"));
             }
         }
         let init: InitType = cfg.init_type.parse()?;
-        let g_vs = nn::VarStore::new(device);
-        let g_cfg = GeneratorConfig {
-            ngf: cfg.ngf,
-            n_blocks: cfg.n_blocks,
-            no_antialias: cfg.no_antialias,
-            no_antialias_up: cfg.no_antialias_up,
-            ..GeneratorConfig::default()
+        let g: Box<dyn GeneratorPart> = match parts.g.take() {
+            Some(g) => g,
+            None => {
+                let vs = nn::VarStore::new(device);
+                let g_cfg = GeneratorConfig {
+                    ngf: cfg.ngf,
+                    n_blocks: cfg.n_blocks,
+                    no_antialias: cfg.no_antialias,
+                    no_antialias_up: cfg.no_antialias_up,
+                    ..GeneratorConfig::default()
+                };
+                let net = Generator::new(&vs.root(), &g_cfg);
+                Box::new(initialised(vs, net, init, cfg.init_gain)?)
+            }
         };
-        let g = Generator::new(&g_vs.root(), &g_cfg);
-        let d_vs = nn::VarStore::new(device);
-        let d_cfg = DiscriminatorConfig {
-            ndf: cfg.ndf,
-            n_layers: cfg.n_layers_d,
-            no_antialias: cfg.no_antialias,
-            ..DiscriminatorConfig::default()
+        let d: Box<dyn DiscriminatorPart> = match parts.d.take() {
+            Some(d) => d,
+            None => {
+                let vs = nn::VarStore::new(device);
+                let d_cfg = DiscriminatorConfig {
+                    ndf: cfg.ndf,
+                    n_layers: cfg.n_layers_d,
+                    no_antialias: cfg.no_antialias,
+                    ..DiscriminatorConfig::default()
+                };
+                let net = Discriminator::new(&vs.root(), &d_cfg);
+                Box::new(initialised(vs, net, init, cfg.init_gain)?)
+            }
         };
-        let d = Discriminator::new(&d_vs.root(), &d_cfg);
-        // Channels of the tapped layers, from a tiny forward (they depend on ngf and the taps).
-        let channels: Vec<i64> = tch::no_grad(|| {
-            let probe = Tensor::zeros([1, 3, 16, 16], (Kind::Float, device));
-            g.encode(&probe, &cfg.nce_layers).map(|taps| taps.iter().map(|t| t.size()[1]).collect())
-        })?;
-        let f_vs = nn::VarStore::new(device);
-        let f_cfg = ProjectorConfig {
-            nc: cfg.netf_nc,
-            use_mlp: true,
-            mode: match cfg.mode.as_str() {
-                "none" => None,
-                m => Some(m.parse::<QsMode>()?),
-            },
-            qs_slots: cfg.qs_slot_list(),
-            window: cfg.window,
-            layout: cfg.local_layout.parse::<LocalLayout>()?,
-            per_image_ids: cfg.per_image_ids,
-            detach_attn: false,
+        let f: Box<dyn ProjectorPart> = match parts.f.take() {
+            Some(f) => f,
+            None => {
+                // Channels of the tapped layers, from a tiny forward (they depend on G and the taps).
+                let channels: Vec<i64> = tch::no_grad(|| {
+                    let probe = Tensor::zeros([1, 3, 16, 16], (Kind::Float, device));
+                    g.encode(&probe, &cfg.nce_layers).map(|taps| taps.iter().map(|t| t.size()[1]).collect())
+                })?;
+                let vs = nn::VarStore::new(device);
+                let f_cfg = ProjectorConfig {
+                    nc: cfg.netf_nc,
+                    use_mlp: true,
+                    mode: match cfg.mode.as_str() {
+                        "none" => None,
+                        m => Some(m.parse::<QsMode>()?),
+                    },
+                    qs_slots: cfg.qs_slot_list(),
+                    window: cfg.window,
+                    layout: cfg.local_layout.parse::<LocalLayout>()?,
+                    per_image_ids: cfg.per_image_ids,
+                    detach_attn: false,
+                };
+                let net = Projector::new(&vs.root(), &channels, &f_cfg);
+                Box::new(initialised(vs, net, init, cfg.init_gain)?)
+            }
         };
-        let f = Projector::new(&f_vs.root(), &channels, &f_cfg);
-        for vs in [&g_vs, &d_vs, &f_vs] {
-            init_weights(vs, init, cfg.init_gain)?;
-        }
-        Ok(Networks { g_vs, g, d_vs, d, f_vs, f })
-    }
-
-    /// `(prefix, store)` pairs: the checkpoint key of a variable is `<prefix>.<name>`.
-    pub fn stores(&self) -> [(&'static str, &nn::VarStore); 3] {
-        [("G", &self.g_vs), ("D", &self.d_vs), ("F", &self.f_vs)]
+        Ok(Networks { g, d, f })
     }
 }
 
@@ -151,33 +189,29 @@ pub struct InjectedIds<'a> {
     pub y: &'a [Option<Tensor>],
 }
 
-/// What a training run reports when it stops.
-#[derive(Debug, Default)]
-pub struct Summary {
-    pub run_dir: PathBuf,
-    pub latest_checkpoint: Option<PathBuf>,
-    pub samples: Vec<PathBuf>,
-    pub log: PathBuf,
-    pub final_losses: Vec<(String, f64)>,
-    pub total_iters: u64,
-    pub interrupted: bool,
+/// The images of the last iteration (detached), for callbacks and notebooks.
+pub struct Visuals {
+    pub real_a: Tensor,
+    pub fake_b: Tensor,
+    pub real_b: Tensor,
+    /// G(y), when the identity NCE term is on.
+    pub idt_b: Option<Tensor>,
 }
 
-/// Progress reported to the caller's callback after every iteration.
-pub struct Progress<'a> {
-    pub epoch: i64,
-    pub last_epoch: i64,
-    pub epoch_iter: usize,
-    pub iters_per_epoch: usize,
-    pub total_iters: u64,
-    /// Present on logging iterations (every `print_freq`).
-    pub losses: Option<&'a [(&'static str, f64)]>,
+/// Averages gradients across the processes of a data-parallel run (see `crate::python::dist`).
+pub trait GradientSync: Send {
+    /// Replaces each gradient of `net` ("G", "D" or "F") by its mean over the processes.
+    fn average(&self, net: &'static str, grads: &[Tensor]) -> Result<(), TchError>;
 }
 
 pub struct Trainer {
     pub cfg: TrainConfig,
     pub device: Device,
     pub nets: Networks,
+    gan: Box<dyn GanLossPart>,
+    nce: Box<dyn NceLossPart>,
+    /// The parts the caller supplied (recorded in checkpoints).
+    supplied: Vec<&'static str>,
     opt_g: Adam,
     opt_d: Adam,
     opt_f: Option<Adam>,
@@ -191,6 +225,15 @@ pub struct Trainer {
     /// Batches of the current epoch already trained on.
     pub epoch_iter: usize,
     pub total_iters: u64,
+    /// The data, logs and outputs of the schedule being run (opened by the first `advance`).
+    pub(super) run: Option<RunState>,
+    pub visuals: Option<Visuals>,
+    /// Data-parallel gradient averaging; `None` in a single process.
+    pub(super) grad_sync: Option<Box<dyn GradientSync>>,
+    /// Whether this process writes checkpoints, logs and samples (rank 0 of a distributed run).
+    pub writer: bool,
+    /// `(rank, world_size)`: this process's share of the data; `(0, 1)` alone.
+    pub(super) shard: (usize, usize),
 }
 
 const FORMAT: &str = "qs_attn-checkpoint-1";
@@ -198,16 +241,36 @@ const FORMAT: &str = "qs_attn-checkpoint-1";
 impl Trainer {
     /// A fresh run: networks initialised from `cfg.seed`.
     pub fn new(cfg: TrainConfig) -> Result<Self, TchError> {
+        Self::with_parts(cfg, Parts::default())
+    }
+
+    /// A fresh run with some parts supplied by the caller (the others built-in, initialised
+    /// from `cfg.seed`).
+    pub fn with_parts(cfg: TrainConfig, mut parts: Parts) -> Result<Self, TchError> {
         cfg.validate()?;
         let device = parse_device(&cfg.device)?;
         tch::manual_seed(cfg.seed as i64);
-        let nets = Networks::new(&cfg, device)?;
-        let adam = |vs: &nn::VarStore| Adam::new(vs, cfg.lr, cfg.beta1, cfg.beta2);
-        let (opt_g, opt_d) = (adam(&nets.g_vs), adam(&nets.d_vs));
-        // Q25: no projector optimiser when NCE is off.
-        let opt_f = (cfg.lambda_nce > 0.0).then(|| adam(&nets.f_vs));
+        let supplied = parts.supplied();
+        let nets = Networks::new(&cfg, device, &mut parts)?;
         let gan_mode: GanMode = cfg.gan_mode.parse()?;
+        if cfg.lambda_nce > 0.0 && nets.f.parameters()?.is_empty() {
+            // A projector that builds its layers on its first call (as the reference's does):
+            // one call on the taps of a blank image creates them before the optimiser is set up.
+            let mut scratch = PatchSampler::new(cfg.seed ^ 0x5EED_0003);
+            tch::no_grad(|| -> Result<(), TchError> {
+                let size = cfg.crop_size as i64;
+                let taps = nets.g.encode(&Tensor::zeros([1, 3, size, size], (Kind::Float, device)), &cfg.nce_layers)?;
+                nets.f.keys_and_queries(&taps, &taps, cfg.num_patches, &mut scratch, None).map(|_| ())
+            })?;
+        }
+        let adam = |params| Adam::new(params, cfg.lr, cfg.beta1, cfg.beta2);
+        let (opt_g, opt_d) = (adam(nets.g.parameters()?), adam(nets.d.parameters()?));
+        // Q25: no projector optimiser when NCE is off.
+        let opt_f = if cfg.lambda_nce > 0.0 { Some(adam(nets.f.parameters()?)) } else { None };
         Ok(Trainer {
+            gan: parts.gan_loss.take().unwrap_or_else(|| Box::new(gan_mode)),
+            nce: parts.nce_loss.take().unwrap_or_else(|| Box::new(PatchNce { tau: cfg.nce_t })),
+            supplied,
             sampler: PatchSampler::new(cfg.seed ^ 0x5EED_0001),
             coins: SplitMix64::new(cfg.seed ^ 0x5EED_0002),
             epoch: cfg.epoch_count,
@@ -220,10 +283,38 @@ impl Trainer {
             opt_d,
             opt_f,
             gan_mode,
+            run: None,
+            visuals: None,
+            grad_sync: None,
+            writer: true,
+            shard: (0, 1),
         })
     }
 
-    fn set_lr(&mut self) {
+    /// Makes this trainer one process of a data-parallel run: it trains on shard `rank` of
+    /// `world_size` (see `crate::data::loader`), averages its gradients with `sync` before every
+    /// optimiser step, and writes checkpoints, logs and samples only as rank 0. Patch ids and
+    /// flip coins come from the shared seed, so every rank draws the same ones (as one process
+    /// with the whole batch does).
+    pub fn distribute(&mut self, rank: usize, world_size: usize, sync: Box<dyn GradientSync>) -> Result<(), TchError> {
+        if world_size == 0 || rank >= world_size {
+            return Err(invalid(format!("rank {rank} is not below the world size {world_size}")));
+        }
+        if self.run.is_some() {
+            return Err(invalid("distribute() must be called before the first iteration"));
+        }
+        // A position saved by a run with another number of processes: the same number of
+        // images seen (rounded down to whole global batches).
+        if self.shard.1 != world_size {
+            self.epoch_iter = self.epoch_iter * self.shard.1 / world_size;
+        }
+        self.shard = (rank, world_size);
+        self.writer = rank == 0;
+        self.grad_sync = Some(sync);
+        Ok(())
+    }
+
+    pub(super) fn set_lr(&mut self) {
         let lr = self.cfg.lr * self.cfg.lr_multiplier(self.epoch);
         for opt in [Some(&mut self.opt_g), Some(&mut self.opt_d), self.opt_f.as_mut()].into_iter().flatten() {
             opt.lr = lr;
@@ -235,22 +326,29 @@ impl Trainer {
         self.opt_d.set_requires_grad(on);
     }
 
-    /// `L_NCE(src, tgt) = (1/L) Σ_s λ_NCE · mean_r ℓ_r` over the L tapped layers (spec §9):
+    /// `L_NCE(src, tgt) = (1/L) Σ_s λ_NCE · L_nce(q_s, k_s)` over the L tapped layers (spec §9):
     /// positions and attention chosen on `feat_k` = E(src), applied to `feat_q` = E(tgt).
     fn nce_loss(&mut self, feat_k: &[Tensor], feat_q: &[Tensor], ids: Option<&[Option<Tensor>]>) -> Result<Tensor, TchError> {
         let layers = &self.cfg.nce_layers;
-        let (keys, samples) = self.nets.f.sample_source(feat_k, self.cfg.num_patches, &mut self.sampler, ids)?;
-        let queries = self.nets.f.sample_target(feat_q, &samples)?;
+        let (keys, queries) = self.nets.f.keys_and_queries(feat_k, feat_q, self.cfg.num_patches, &mut self.sampler, ids)?;
         let images = feat_q[0].size()[0];
         let mut total: Option<Tensor> = None;
         for (q, k) in queries.iter().zip(&keys) {
-            let term = patch_nce_loss(q, k, self.cfg.nce_t, images, Reduction::Mean, true)? * self.cfg.lambda_nce;
+            let term = self.nce.loss(q, k, images)? * self.cfg.lambda_nce;
             total = Some(match total {
                 Some(t) => t + term,
                 None => term,
             });
         }
         Ok(total.ok_or_else(|| invalid("nce_layers is empty"))? / layers.len() as f64)
+    }
+
+    /// Averages the gradients of `opt`'s parameters across processes (distributed runs).
+    fn sync_gradients(&self, net: &'static str, opt: &Adam) -> Result<(), TchError> {
+        match &self.grad_sync {
+            Some(sync) => sync.average(net, &opt.gradients()),
+            None => Ok(()),
+        }
     }
 
     /// One iteration on a batch (`a`: source domain, `b`: target domain, `B × 3 × H × W` in
@@ -287,9 +385,9 @@ impl Trainer {
         // pass on both (instance norm is per image).
         self.set_d_requires_grad(true);
         self.opt_d.zero_grad();
-        let pred = self.nets.d.forward(&Tensor::cat(&[&fake_b.detach(), &b], 0));
-        let d_fake = gan_loss(self.gan_mode, &pred.narrow(0, 0, images), false);
-        let d_real = gan_loss(self.gan_mode, &pred.narrow(0, images, images), true);
+        let pred = self.nets.d.forward(&Tensor::cat(&[&fake_b.detach(), &b], 0))?;
+        let d_fake = self.gan.loss(&pred.narrow(0, 0, images), false)?;
+        let d_real = self.gan.loss(&pred.narrow(0, images, images), true)?;
         let mut d = (&d_fake + &d_real) * 0.5;
         let gp = if self.gan_mode == GanMode::Wgangp && self.cfg.lambda_gp > 0.0 {
             let d_net = &self.nets.d;
@@ -301,6 +399,7 @@ impl Trainer {
         };
         d.f_backward()?;
         if update {
+            self.sync_gradients("D", &self.opt_d)?;
             self.opt_d.step();
         }
 
@@ -310,7 +409,7 @@ impl Trainer {
         if let Some(opt) = self.opt_f.as_mut() {
             opt.zero_grad();
         }
-        let g_gan = gan_loss(self.gan_mode, &self.nets.d.forward(&fake_b), true) * self.cfg.lambda_gan;
+        let g_gan = self.gan.loss(&self.nets.d.forward(&fake_b)?, true)? * self.cfg.lambda_gan;
         // E(G(x)) and E(G(y)) in one encoder pass over the whole translation, unflipped back
         // to the sources' orientation.
         let (nce, nce_y) = match &feat_x {
@@ -336,12 +435,18 @@ impl Trainer {
         };
         g.f_backward()?;
         if update {
+            self.sync_gradients("G", &self.opt_g)?;
             self.opt_g.step();
+            if let Some(opt) = self.opt_f.as_ref() {
+                self.sync_gradients("F", opt)?;
+            }
             if let Some(opt) = self.opt_f.as_mut() {
                 opt.step();
             }
         }
         self.set_d_requires_grad(true);
+        let idt_b = (fake.size()[0] > images).then(|| fake.narrow(0, images, images).detach());
+        self.visuals = Some(Visuals { real_a: a.detach(), fake_b: fake_b.detach(), real_b: b.detach(), idt_b });
         Ok(StepLosses { d, d_real, d_fake, gp, g_gan, nce, nce_y, g })
     }
 
@@ -350,130 +455,18 @@ impl Trainer {
         self.step_with(a, b, true, None)
     }
 
-    pub fn run_dir(&self) -> PathBuf {
-        Path::new(&self.cfg.checkpoints_dir).join(&self.cfg.name)
-    }
-
-    fn last_epoch(&self) -> i64 {
-        self.cfg.n_epochs + self.cfg.n_epochs_decay
-    }
-
-    /// Trains from the current position to the end (or `max_iters`, or until `on_progress`
-    /// returns false, e.g. on Ctrl-C), writing logs, sample grids and checkpoints into
-    /// `<checkpoints_dir>/<name>/`. The latest checkpoint is always written before returning.
-    pub fn fit(&mut self, on_progress: &mut dyn FnMut(&Progress) -> bool) -> Result<Summary, TchError> {
-        let run_dir = self.run_dir();
-        std::fs::create_dir_all(run_dir.join("samples")).map_err(|e| invalid(format!("{}: {e}", run_dir.display())))?;
-        let root = PathBuf::from(&self.cfg.dataroot);
-        let direction: Direction = self.cfg.direction.parse()?;
-        let dataset = Arc::new(UnalignedDataset::open(&root, "train", direction)?);
-        let sample_pairs = sample_images(&root, direction, self.cfg.num_samples, self.cfg.crop_size)?;
-        let mut summary = Summary { run_dir: run_dir.clone(), log: run_dir.join("loss_log.jsonl"), ..Summary::default() };
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&summary.log)
-            .map_err(|e| invalid(format!("{}: {e}", summary.log.display())))?;
-        let loader_cfg = LoaderConfig {
-            batch_size: self.cfg.batch_size,
-            seed: self.cfg.seed,
-            workers: self.cfg.num_threads.max(1),
-            prefetch: 4,
-            serial_batches: self.cfg.serial_batches,
-        };
-        'epochs: while self.epoch <= self.last_epoch() {
-            self.set_lr();
-            // Decay-phase rule (§2, Q21): no resize jitter after n_epochs.
-            let load_size = if self.epoch > self.cfg.n_epochs { self.cfg.crop_size } else { self.cfg.load_size };
-            let transform = TransformConfig { load_size, crop_size: self.cfg.crop_size, flip: !self.cfg.no_flip };
-            let batches = epoch_batches(dataset.clone(), transform, &loader_cfg, self.epoch as u64);
-            let iters_per_epoch = batches.num_batches();
-            if iters_per_epoch == 0 {
-                return Err(invalid(format!(
-                    "the training set has fewer images than batch_size = {}",
-                    self.cfg.batch_size
-                )));
-            }
-            for batch in batches.skip(self.epoch_iter) {
-                let batch = batch?;
-                let losses = self.step(&batch.a, &batch.b)?;
-                self.epoch_iter += 1;
-                self.total_iters += 1;
-                let logging = self.total_iters % self.cfg.print_freq.max(1) == 0;
-                let values: Vec<(&'static str, f64)> = if logging { losses.values() } else { Vec::new() };
-                if logging {
-                    write_log_line(&mut log, self.epoch, self.epoch_iter, self.total_iters, self.cfg.lr * self.cfg.lr_multiplier(self.epoch), &values)?;
-                    summary.final_losses = values.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-                }
-                if self.total_iters % self.cfg.display_freq.max(1) == 0 {
-                    summary.samples.push(self.write_samples(&sample_pairs)?);
-                }
-                if self.total_iters % self.cfg.save_latest_freq.max(1) == 0 {
-                    summary.latest_checkpoint = Some(self.save_latest()?);
-                }
-                let progress = Progress {
-                    epoch: self.epoch,
-                    last_epoch: self.last_epoch(),
-                    epoch_iter: self.epoch_iter,
-                    iters_per_epoch,
-                    total_iters: self.total_iters,
-                    losses: logging.then_some(values.as_slice()),
-                };
-                let go_on = on_progress(&progress);
-                let done = self.cfg.max_iters.is_some_and(|m| self.total_iters >= m);
-                if !go_on || done {
-                    summary.interrupted = !go_on;
-                    if summary.final_losses.is_empty() {
-                        summary.final_losses = losses.values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-                    }
-                    break 'epochs;
-                }
-            }
-            if (self.epoch - self.cfg.epoch_count + 1) % self.cfg.save_epoch_freq.max(1) == 0 {
-                self.save(&run_dir.join(format!("epoch_{}.safetensors", self.epoch)))?;
-            }
-            self.epoch += 1;
-            self.epoch_iter = 0;
-        }
-        if summary.samples.is_empty() || self.total_iters % self.cfg.display_freq.max(1) != 0 {
-            summary.samples.push(self.write_samples(&sample_pairs)?);
-        }
-        summary.latest_checkpoint = Some(self.save_latest()?);
-        summary.total_iters = self.total_iters;
-        Ok(summary)
-    }
-
-    fn save_latest(&self) -> Result<PathBuf, TchError> {
-        let path = self.run_dir().join("latest.safetensors");
-        self.save(&path)?;
-        Ok(path)
-    }
-
-    /// A grid of test translations: per row source | translation | target-domain image | identity.
-    fn write_samples(&self, pairs: &[(Tensor, Tensor)]) -> Result<PathBuf, TchError> {
-        let rows = tch::no_grad(|| {
-            pairs
-                .iter()
-                .map(|(a, b)| {
-                    let (a, b) = (a.to_device(self.device), b.to_device(self.device));
-                    let out = self.nets.g.forward(&Tensor::cat(&[&a, &b], 0)).to_device(Device::Cpu);
-                    vec![a.get(0).to_device(Device::Cpu), out.get(0), b.get(0).to_device(Device::Cpu), out.get(1)]
-                })
-                .collect::<Vec<_>>()
-        });
-        let path = self.run_dir().join("samples").join(format!("iter_{:07}.png", self.total_iters));
-        image_io::save_grid(&rows, &path)?;
-        Ok(path)
+    /// `(prefix, state)` of the three networks: the checkpoint key of a tensor is
+    /// `<prefix>.<name>`.
+    pub fn states(&self) -> Result<[(&'static str, Vec<(String, Tensor)>); 3], TchError> {
+        Ok([("G", self.nets.g.state()?), ("D", self.nets.d.state()?), ("F", self.nets.f.state()?)])
     }
 
     /// Everything needed to continue: weights, optimiser states, position, generator states,
     /// the full config (metadata).
     pub fn save(&self, path: &Path) -> Result<(), TchError> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (prefix, vs) in self.nets.stores() {
-            for (name, t) in vs.variables() {
-                tensors.push((format!("{prefix}.{name}"), t));
-            }
+        for (prefix, state) in self.states()? {
+            tensors.extend(state.into_iter().map(|(name, t)| (format!("{prefix}.{name}"), t)));
         }
         let mut meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
@@ -483,6 +476,8 @@ impl Trainer {
             ("total_iters".to_string(), self.total_iters.to_string()),
             ("sampler_state".to_string(), self.sampler.state().to_string()),
             ("coins_state".to_string(), self.coins.state().to_string()),
+            ("supplied_parts".to_string(), self.supplied.join(",")),
+            ("world_size".to_string(), self.shard.1.to_string()),
         ]);
         for (prefix, opt) in [("opt_G", Some(&self.opt_g)), ("opt_D", Some(&self.opt_d)), ("opt_F", self.opt_f.as_ref())] {
             if let Some(opt) = opt {
@@ -497,12 +492,28 @@ impl Trainer {
     /// Continues a run from a checkpoint written by [`Trainer::save`]. `overrides` (a JSON
     /// object) may change options such as `n_epochs`, `max_iters` or `device`.
     pub fn resume(path: &Path, overrides: Option<&str>) -> Result<Self, TchError> {
+        Self::resume_with_parts(path, overrides, Parts::default())
+    }
+
+    /// [`Trainer::resume`] with supplied parts: a checkpoint trained with a supplied network
+    /// needs one again (with the same `state_dict` keys); the losses are not stored.
+    pub fn resume_with_parts(path: &Path, overrides: Option<&str>, parts: Parts) -> Result<Self, TchError> {
         let (tensors, meta) = checkpoint::load(path)?;
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(invalid(format!("{} is not a qs_attn training checkpoint", path.display())));
         }
         let get = |k: &str| meta.get(k).ok_or_else(|| invalid(format!("{}: metadata '{k}' is missing", path.display())));
         let num = |k: &str| -> Result<u64, TchError> { get(k)?.parse::<u64>().map_err(|e| invalid(format!("{k}: {e}"))) };
+        let given = parts.supplied();
+        let trained_with = meta.get("supplied_parts").map(String::as_str).unwrap_or("");
+        for net in trained_with.split(',').filter(|n| ["G", "D", "F"].contains(n)) {
+            if !given.contains(&net) {
+                return Err(invalid(format!(
+                    "{} was trained with a user-supplied network {net}: pass the same module again to resume it",
+                    path.display()
+                )));
+            }
+        }
         let mut cfg_json: serde_json::Value =
             serde_json::from_str(get("config")?).map_err(|e| invalid(format!("config metadata: {e}")))?;
         if let Some(o) = overrides {
@@ -512,11 +523,14 @@ impl Trainer {
             }
         }
         let cfg = TrainConfig::from_json(&cfg_json.to_string())?;
-        let mut trainer = Trainer::new(cfg)?;
-        for (prefix, vs) in trainer.nets.stores() {
-            for (name, mut var) in vs.variables() {
+        let mut trainer = Trainer::with_parts(cfg, parts)?;
+        for (prefix, state) in trainer.states()? {
+            for (name, mut var) in state {
                 let key = format!("{prefix}.{name}");
                 let t = tensors.get(&key).ok_or_else(|| invalid(format!("checkpoint has no tensor '{key}'")))?;
+                if t.size() != var.size() {
+                    return Err(invalid(format!("checkpoint tensor '{key}' has shape {:?}, the network's {:?}", t.size(), var.size())));
+                }
                 tch::no_grad(|| var.f_copy_(t))?;
             }
         }
@@ -532,34 +546,13 @@ impl Trainer {
             opt.load_state(&states("opt_F"), num("opt_F.step")? as i64)?;
         }
         trainer.epoch = num("epoch")? as i64;
-        trainer.epoch_iter = num("epoch_iter")? as usize;
+        // `epoch_iter` counted global batches of `world_size` processes: in one process's
+        // batches that is `world_size` times as many (`distribute` converts back)
+        let saved_world: usize = meta.get("world_size").and_then(|w| w.parse().ok()).unwrap_or(1);
+        trainer.epoch_iter = num("epoch_iter")? as usize * saved_world;
         trainer.total_iters = num("total_iters")?;
         trainer.sampler = PatchSampler::new(num("sampler_state")?);
         trainer.coins = SplitMix64::new(num("coins_state")?);
         Ok(trainer)
     }
-}
-
-/// Up to `n` (source, target) pairs from testA/testB (or the training folders), crop-sized;
-/// unreadable files are left out (the loader warns about them).
-fn sample_images(root: &Path, direction: Direction, n: usize, size: u32) -> Result<Vec<(Tensor, Tensor)>, TchError> {
-    let set = UnalignedDataset::open(root, "test", direction).or_else(|_| UnalignedDataset::open(root, "train", direction))?;
-    let readable = |files: &[PathBuf]| -> Vec<Tensor> {
-        files.iter().filter_map(|f| image_io::load_image(f, Some(size)).ok()).take(n).collect()
-    };
-    Ok(readable(&set.a).into_iter().zip(readable(&set.b)).collect())
-}
-
-fn write_log_line(
-    log: &mut std::fs::File,
-    epoch: i64,
-    epoch_iter: usize,
-    total_iters: u64,
-    lr: f64,
-    values: &[(&'static str, f64)],
-) -> Result<(), TchError> {
-    use std::io::Write;
-    let losses: serde_json::Map<String, serde_json::Value> = values.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-    let line = serde_json::json!({"epoch": epoch, "epoch_iter": epoch_iter, "iter": total_iters, "lr": lr, "losses": losses});
-    writeln!(log, "{line}").map_err(|e| invalid(format!("writing the loss log: {e}")))
 }

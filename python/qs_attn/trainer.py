@@ -1,0 +1,405 @@
+"""The trainer object: the Rust training loop driven from Python one iteration at a time, with
+any part replaced by the user's PyTorch code.
+
+The Rust side runs each iteration (data loading, D step, G + F step, Adam, logs, sample grids,
+checkpoints); between iterations Python runs the callbacks, evaluation and progress display.
+User-supplied parts are called from inside the Rust step through pyo3 (see
+``src/python/parts.rs`` for the call conventions, the reference's).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from . import _native
+from .models import Discriminator, Generator
+from .nn import PatchSampleF
+
+__all__ = ["StepInfo", "StopTraining", "TrainResult", "Trainer", "bundled_dataset"]
+
+
+def bundled_dataset() -> Path:
+    """The small real two-domain set shipped with the package: emoji drawn by Google (Noto,
+    domain A) and by EmojiOne (domain B), 64x64, 977 training and 108 test pairs (file names
+    pair them for evaluation; training is unpaired). Licences in its LICENSES.md."""
+    return Path(__file__).resolve().parent / "data" / "emoji"
+
+
+class StopTraining(Exception):
+    """Raise from a callback to stop training after the current iteration (the latest
+    checkpoint is written, as on Ctrl-C)."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``checkpoint`` is the latest checkpoint (resume from it)."""
+
+    run_dir: Path
+    checkpoint: Optional[Path]
+    samples: List[Path]
+    log: Path
+    final_losses: Dict[str, float]
+    total_iters: int
+    interrupted: bool
+    stopped_by: Optional[str] = None
+    #: In-training evaluations (``eval_freq``): one dict per evaluation, and the best one.
+    evaluations: Optional[List[dict]] = None
+    best: Optional[dict] = None
+
+
+class StepInfo:
+    """What a callback receives after an iteration: ``step`` (iterations so far), ``epoch``,
+    ``epoch_iter``, ``iters_per_epoch``, ``last_epoch``, ``losses`` (this iteration's loss terms
+    as floats, read from the device when first accessed) and :meth:`images`."""
+
+    def __init__(self, trainer: "Trainer", progress: dict):
+        self.trainer = trainer
+        self.step: int = progress["total_iters"]
+        self.epoch: int = progress["epoch"]
+        self.epoch_iter: int = progress["epoch_iter"]
+        self.iters_per_epoch: int = progress["iters_per_epoch"]
+        self.last_epoch: int = progress["last_epoch"]
+        self._losses: Optional[Dict[str, float]] = progress["losses"]
+
+    @property
+    def losses(self) -> Dict[str, float]:
+        if self._losses is None:
+            self._losses = self.trainer._native.last_losses() or {}
+        return self._losses
+
+    def images(self) -> Dict[str, torch.Tensor]:
+        """This iteration's images (detached, in [−1, 1]): ``real_A``, ``fake_B``, ``real_B``
+        and ``idt_B`` (with the identity NCE term)."""
+        return self.trainer.visuals()
+
+    def __repr__(self) -> str:
+        return f"StepInfo(step={self.step}, epoch={self.epoch}, epoch_iter={self.epoch_iter}/{self.iters_per_epoch})"
+
+
+Callback = Callable[[StepInfo], object]
+
+
+class _ProgressLine:
+    """One self-overwriting status line on stderr, and TensorBoard scalars when available."""
+
+    def __init__(self, enabled: bool, run_dir: Path):
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.start_iter: Optional[int] = None
+        self.losses: Dict[str, float] = {}
+        self.writer = None
+        if enabled:
+            try:  # TensorBoard event files when tensorboard is installed
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:
+                self.writer = None
+
+    def update(self, p: dict) -> None:
+        if self.start_iter is None:
+            self.start_iter = p["total_iters"] - 1
+        if p["losses"]:
+            self.losses = p["losses"]
+            if self.writer is not None:
+                for k, v in p["losses"].items():
+                    self.writer.add_scalar(f"loss/{k}", v, p["total_iters"])
+        if self.enabled:
+            rate = (p["total_iters"] - self.start_iter) / max(time.perf_counter() - self.start, 1e-9)
+            shown = " ".join(f"{k} {v:.3f}" for k, v in sorted(self.losses.items()))
+            sys.stderr.write(
+                f"\repoch {p['epoch']}/{p['last_epoch']} iter {p['epoch_iter']}/{p['iters_per_epoch']} "
+                f"(total {p['total_iters']}) | {shown} | {rate:.2f} it/s   "
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _parts(generator, discriminator, projector, gan_loss, nce_loss, device: str) -> Dict[str, object]:
+    """The user-supplied parts for the native trainer; modules are moved to the device."""
+    out: Dict[str, object] = {}
+    for key, part, kind in (("G", generator, nn.Module), ("D", discriminator, nn.Module), ("F", projector, nn.Module),
+                            ("gan_loss", gan_loss, None), ("nce_loss", nce_loss, None)):
+        if part is None:
+            continue
+        if kind is not None and not isinstance(part, kind):
+            raise TypeError(f"{key} must be a torch.nn.Module, got {type(part).__name__}")
+        if kind is None and not callable(part):
+            raise TypeError(f"{key} must be callable, got {type(part).__name__}")
+        if isinstance(part, nn.Module):
+            part.to(device).train()
+        out[key] = part
+    return out
+
+
+class Trainer:
+    """CUT / QS-Attn training, step by step or to the end, with swappable parts.
+
+    Args:
+        dataroot, name, mode, **options: as :func:`qs_attn.train`.
+        generator: a ``torch.nn.Module`` used instead of the built-in ResNet generator; called
+            as the reference's: ``G(x)``, ``G(x, layers=[...], encode_only=True)`` (the NCE
+            taps), ``G(x, layers=[...])`` (``(translation, taps)`` of one pass).
+        discriminator: a module ``D(x)`` → patch logits.
+        projector: a module with the call of :class:`qs_attn.nn.PatchSampleF` (the
+            reference's ``netF``); its layers may be created on the first call.
+        gan_loss: ``gan_loss(prediction, target_is_real: bool)`` → scalar tensor.
+        nce_loss: ``nce_loss(queries, keys, num_images)`` → per-row losses or a scalar (the
+            mean is taken, weighted by ``lambda_NCE`` and averaged over the layers).
+        callbacks: called after every iteration with a :class:`StepInfo`; returning ``False``
+            or raising :class:`StopTraining` stops training.
+        epoch_callbacks: the same, after the last iteration of each epoch.
+        progress: show a progress line on stderr.
+        distributed: train as one process of a ``torchrun`` launch (see
+            :mod:`qs_attn.distributed`): data shards, gradient averaging, rank 0 writes. Default:
+            on when ``WORLD_SIZE`` > 1. ``batch_size`` is per process. Callbacks run on every
+            rank (``StepInfo.trainer.rank``) and must stop on all ranks alike.
+        dist_timeout: seconds a collective may wait for the other processes before failing.
+
+    The parameters of supplied modules are trained by the trainer's Adam (moved to the
+    training device first); their ``state_dict`` goes into the checkpoints.
+    """
+
+    def __init__(self, dataroot: Optional[Union[str, Path]] = None, name: str = "experiment", mode: str = "global", *,
+                 generator: Optional[nn.Module] = None, discriminator: Optional[nn.Module] = None,
+                 projector: Optional[nn.Module] = None, gan_loss: Optional[Callable] = None,
+                 nce_loss: Optional[Callable] = None, callbacks: Iterable[Callback] = (),
+                 epoch_callbacks: Iterable[Callback] = (), progress: bool = True,
+                 distributed: Optional[bool] = None, dist_timeout: float = 300.0, **options):
+        config = dict(options, name=name, mode=mode)
+        config["dataroot"] = str(dataroot if dataroot is not None else bundled_dataset())
+        rank_world = self._join(config, distributed, dist_timeout)
+        parts = _parts(generator, discriminator, projector, gan_loss, nce_loss, config.get("device", "cpu"))
+        self._setup(_native.Trainer(json.dumps(config), parts), parts, callbacks, epoch_callbacks, progress, rank_world)
+
+    @staticmethod
+    def _join(config: dict, distributed: Optional[bool], timeout: float):
+        """Joins the torchrun process group when distributed (setting the process's device in
+        ``config``); ``(rank, world_size)`` or ``None``."""
+        from . import distributed as dist_mod
+
+        if distributed is None:
+            distributed = dist_mod.launched_by_torchrun()
+        if not distributed:
+            return None
+        rank, world, config["device"] = dist_mod.setup(config.get("device", "cpu"), timeout)
+        return rank, world
+
+    @classmethod
+    def resume(cls, checkpoint: Union[str, Path], *, generator: Optional[nn.Module] = None,
+               discriminator: Optional[nn.Module] = None, projector: Optional[nn.Module] = None,
+               gan_loss: Optional[Callable] = None, nce_loss: Optional[Callable] = None,
+               callbacks: Iterable[Callback] = (), epoch_callbacks: Iterable[Callback] = (),
+               progress: bool = True, distributed: Optional[bool] = None, dist_timeout: float = 300.0,
+               **overrides) -> "Trainer":
+        """Continues a run from its checkpoint exactly where it stopped. A run trained with a
+        supplied network needs the same kind of module again. A checkpoint of a distributed run
+        resumes in one process or on any number of processes (same images seen, rounded down
+        to whole global batches)."""
+        config = {"device": overrides.get("device") or
+                  json.loads(_native.read_checkpoint(str(checkpoint))[1]["config"]).get("device", "cpu")}
+        rank_world = cls._join(config, distributed, dist_timeout)
+        if rank_world is not None:
+            overrides["device"] = config["device"]
+        parts = _parts(generator, discriminator, projector, gan_loss, nce_loss, config["device"])
+        native = _native.Trainer.resume(str(checkpoint), json.dumps(overrides) if overrides else None, parts)
+        self = cls.__new__(cls)
+        self._setup(native, parts, callbacks, epoch_callbacks, progress, rank_world)
+        return self
+
+    def _setup(self, native, parts, callbacks, epoch_callbacks, progress, rank_world) -> None:
+        #: ``(rank, world_size)``; ``(0, 1)`` in a single process.
+        self.rank, self.world_size = rank_world or (0, 1)
+        if rank_world is not None:
+            from .distributed import GradientAverager, broadcast_states
+
+            broadcast_states({net: native.state_dict(net) for net in ("G", "D", "F")})
+            native.distribute(self.rank, self.world_size, GradientAverager())
+            progress = progress and self.rank == 0
+        self._native = native
+        self._parts = parts
+        self.config: dict = json.loads(native.config_json)
+        self.callbacks: List[Callback] = list(callbacks)
+        self.epoch_callbacks: List[Callback] = list(epoch_callbacks)
+        self.progress = progress
+        #: The logged loss rows (every ``print_freq`` iterations): ``{"iter", "epoch", **losses}``.
+        self.losses: List[Dict[str, float]] = []
+        self._views: Dict[str, nn.Module] = {}
+
+    # -- the networks -------------------------------------------------------------------------
+
+    @property
+    def G(self) -> nn.Module:
+        """The generator: the supplied module, or the built-in one as a module sharing the
+        trainer's tensors."""
+        if "G" in self._parts:
+            return self._parts["G"]
+        if "G" not in self._views:
+            self._views["G"] = Generator._of_trainer(self._native, int(self.config["crop_size"]))
+        return self._views["G"]
+
+    @property
+    def D(self) -> nn.Module:
+        """The discriminator (supplied, or the built-in one sharing the trainer's tensors)."""
+        if "D" in self._parts:
+            return self._parts["D"]
+        if "D" not in self._views:
+            self._views["D"] = Discriminator._of_trainer(self._native)
+        return self._views["D"]
+
+    @property
+    def F(self) -> nn.Module:
+        """The projector (supplied, or a :class:`qs_attn.nn.PatchSampleF` holding the
+        trainer's own MLP tensors)."""
+        if "F" in self._parts:
+            return self._parts["F"]
+        if "F" not in self._views:
+            self._views["F"] = _projector_view(self._native, self.config)
+        return self._views["F"]
+
+    # -- training -----------------------------------------------------------------------------
+
+    @property
+    def total_iters(self) -> int:
+        return self._native.total_iters
+
+    @property
+    def epoch(self) -> int:
+        return self._native.epoch
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self._native.run_dir)
+
+    @property
+    def finished(self) -> bool:
+        """The schedule (epochs, or ``max_iters``) is complete."""
+        return self._native.finished
+
+    def _advance(self) -> Optional[dict]:
+        """One iteration; runs the callbacks. ``None`` when the schedule is complete."""
+        p = self._native.advance()
+        if p is None:
+            return None
+        if p["losses"]:
+            self.losses.append(dict(p["losses"], iter=p["total_iters"], epoch=p["epoch"]))
+        info = None
+        for callbacks, due in ((self.callbacks, True), (self.epoch_callbacks, p["epoch_end"])):
+            for cb in callbacks if due else ():
+                info = info or StepInfo(self, p)
+                if cb(info) is False:
+                    raise StopTraining(f"{getattr(cb, '__name__', cb)!s} returned False")
+        return p
+
+    def step(self) -> Dict[str, float]:
+        """Trains one iteration of the schedule and returns its losses (floats). Raises
+        ``RuntimeError`` once the schedule is complete."""
+        if self._advance() is None:
+            raise RuntimeError("the training schedule is complete (raise n_epochs or max_iters to go on)")
+        return self._native.last_losses()
+
+    def fit(self, iterations: Optional[int] = None) -> TrainResult:
+        """Trains ``iterations`` more iterations (default: to the end of the schedule), then
+        writes a sample grid and the latest checkpoint. Ctrl-C or :class:`StopTraining` stop
+        early, with the checkpoint written."""
+        line = _ProgressLine(self.progress, self.run_dir)
+        stopped_by = None
+        done = 0
+        try:
+            while iterations is None or done < iterations:
+                p = self._advance()
+                if p is None:
+                    break
+                done += 1
+                line.update(p)
+        except (KeyboardInterrupt, StopTraining) as e:
+            stopped_by = repr(e)
+        finally:
+            line.close()
+        summary = self._native.finish(stopped_by is not None)
+        if stopped_by is not None and self.rank == 0:
+            print(f"qs_attn: training stopped; checkpoint saved to {summary['latest_checkpoint']}", file=sys.stderr)
+        return TrainResult(
+            run_dir=Path(summary["run_dir"]),
+            checkpoint=Path(summary["latest_checkpoint"]) if summary["latest_checkpoint"] else None,
+            samples=[Path(s) for s in summary["samples"]],
+            log=Path(summary["log"]),
+            final_losses=dict(summary["final_losses"]),
+            total_iters=int(summary["total_iters"]),
+            interrupted=bool(summary["interrupted"]),
+            stopped_by=stopped_by,
+        )
+
+    def visuals(self) -> Dict[str, torch.Tensor]:
+        """The images of the last iteration (detached, in [−1, 1])."""
+        v = self._native.visuals()
+        if v is None:
+            raise RuntimeError("no iteration has run yet")
+        return v
+
+    def samples(self, n: int = 4, as_pil: bool = False):
+        """A grid of test translations (rows: source | translation | target-domain image |
+        identity), from the first ``n`` images of testA/testB (or trainA/trainB): a ``3×H×W``
+        tensor in [0, 1], or a PIL image with ``as_pil``."""
+        rows = []
+        root = Path(self.config["dataroot"])
+        size = int(self.config["crop_size"])
+        split = "test" if (root / "testA").is_dir() and (root / "testB").is_dir() else "train"
+        files_a = _native.image_files(str(root / f"{split}A"))[:n]
+        files_b = _native.image_files(str(root / f"{split}B"))[:n]
+        G = self.G
+        device = next(iter(G.state_dict(keep_vars=True).values())).device
+        with torch.no_grad():
+            for fa, fb in zip(files_a, files_b):
+                a = _native.load_image(str(fa), size).to(device)
+                b = _native.load_image(str(fb), size).to(device)
+                out = G(torch.cat([a, b]))
+                rows.append(torch.cat([_pad(a[0]), _pad(out[0]), _pad(b[0]), _pad(out[1])], dim=2))
+        grid = ((torch.cat(rows, dim=1).cpu() + 1) / 2).clamp(0, 1)
+        if not as_pil:
+            return grid
+        from PIL import Image
+
+        return Image.fromarray((grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Writes a training checkpoint (weights, optimiser states, position) to ``path``."""
+        self._native.save(str(path))
+        return Path(path)
+
+
+def _pad(img: torch.Tensor, gap: int = 2) -> torch.Tensor:
+    """``img`` (3×H×W in [−1, 1]) with a white border of ``gap`` pixels."""
+    return nn.functional.pad(img, (gap, gap, gap, gap), value=1.0)
+
+
+def _projector_view(native, config: dict) -> PatchSampleF:
+    """A PatchSampleF whose MLP parameters are the trainer's own projector tensors."""
+    f = PatchSampleF(mode=config["mode"], nc=int(config["netF_nc"]), local_layout=config["local_layout"],
+                     window=int(config["window"]), qs_slots=config.get("qs_slots"),
+                     per_image_ids=bool(config["per_image_ids"]))
+    state = native.state_dict("F")
+    slots = sorted({int(k.split(".")[0].removeprefix("mlp_")) for k in state})
+    for s in slots:
+        first, second = (torch.nn.utils.skip_init(nn.Linear, *state[f"mlp_{s}.{i}.weight"].shape[::-1]) for i in (0, 2))
+        mlp = nn.Sequential(first, nn.ReLU(), second)
+        for i, layer in ((0, first), (2, second)):
+            for leaf in ("weight", "bias"):
+                t = state[f"mlp_{s}.{i}.{leaf}"]
+                t._is_param = True
+                layer.register_parameter(leaf, t)
+        setattr(f, f"mlp_{s}", mlp)
+    f.mlp_init = True
+    return f

@@ -1,0 +1,130 @@
+"""Data-parallel training on torch.distributed (gloo, two CPU processes on 127.0.0.1)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import qs_attn
+from dist_worker import TINY
+
+STEPS = 3
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(data, out_dir, steps, *extra):
+    """Starts two ranks as torchrun would (same environment variables)."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]))
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(data), str(out_dir), str(steps), *extra],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """Two ranks, batch 1 each, STEPS iterations on four images per domain."""
+    root = tmp_path_factory.mktemp("dist")
+    data = _copy_tiny(root)
+    out = root / "out"
+    out.mkdir()
+    procs = _launch(data, out, STEPS)
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    return data, out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def _copy_tiny(root: Path) -> Path:
+    import shutil
+
+    data = root / "data"
+    for split in ("trainA", "trainB", "testA", "testB"):
+        (data / split).mkdir(parents=True)
+        for f in sorted((qs_attn.bundled_dataset() / split).iterdir())[:4]:
+            shutil.copy(f, data / split / f.name)
+    return data
+
+
+def test_parameters_are_identical_on_both_ranks_after_every_step(two_rank_run):
+    _, _, (r0, r1) = two_rank_run
+    assert [r["step"] for r in r0["records"]] == list(range(1, STEPS + 1))
+    for a, b in zip(r0["records"], r1["records"]):
+        for net in "GDF":
+            for name, t in a["nets"][net].items():
+                assert torch.equal(t, b["nets"][net][name]), (a["step"], net, name)
+        # and the ranks trained on different images: their own losses differ
+        assert a["losses"]["D"] != b["losses"]["D"]
+
+
+def test_two_ranks_with_batch_one_equal_one_process_with_batch_two(two_rank_run, tmp_path):
+    data, _, (r0, r1) = two_rank_run
+    single = []
+
+    def record(info):
+        nets = {net: {k: v.detach().clone() for k, v in info.trainer._native.state_dict(net).items()} for net in "GDF"}
+        single.append({"losses": dict(info.losses), "nets": nets})
+
+    torch.manual_seed(0)
+    qs_attn.train(data, "single", "global", checkpoints_dir=str(tmp_path), max_iters=STEPS, batch_size=2,
+                  progress=False, callback=record, distributed=False, **TINY)
+    for k, (a, b, s) in enumerate(zip(r0["records"], r1["records"], single)):
+        # per-image losses: the batch of two averages the two ranks' losses
+        for key in ("D", "G_GAN", "NCE", "NCE_Y", "G"):
+            assert s["losses"][key] == pytest.approx((a["losses"][key] + b["losses"][key]) / 2, rel=1e-4), (k, key)
+        for net in "GDF":
+            for name, t in a["nets"][net].items():
+                if name.endswith(".bias") and net in "GD":
+                    continue  # conv biases before instance norm: noise-only gradients (see test_trainer_step)
+                torch.testing.assert_close(t, s["nets"][net][name], rtol=1e-4, atol=1e-4,
+                                           msg=lambda m: f"step {k + 1} {net}.{name}: {m}")
+                assert float((t - s["nets"][net][name]).abs().mean()) < 1e-6, (k, net, name)
+
+
+def test_a_distributed_checkpoint_resumes_in_one_process(two_rank_run):
+    _, out, (r0, r1) = two_rank_run
+    assert r1["checkpoint"] is None  # only rank 0 writes
+    ckpt = Path(r0["checkpoint"])
+    saved = qs_attn.checkpoint_state_dicts(ckpt)
+    for name, t in r0["records"][-1]["nets"]["G"].items():
+        assert torch.equal(saved["G"][name], t), name
+    resumed = qs_attn.resume(ckpt, max_iters=STEPS + 2, progress=False, distributed=False)
+    assert resumed.total_iters == STEPS + 2
+    # the position in the epoch is converted to one process's batches: epoch 2 had one global
+    # batch of 2 behind it, so 2 single batches; 2 more iterations end that epoch of 4
+    meta = qs_attn._native.read_checkpoint(str(resumed.checkpoint))[1]
+    assert (meta["epoch"], meta["epoch_iter"], meta["world_size"]) == ("3", "0", "1")
+
+
+@pytest.mark.parametrize("signal_name, limit", [("KILL", 60), ("STOP", 8)])
+def test_a_failed_rank_ends_the_other_with_a_clear_error(tmp_path, signal_name, limit):
+    """A killed rank (its connections close) or a hung one (the collective times out after
+    ``dist_timeout``, here 8 s) makes the other exit with an error naming the problem."""
+    data = _copy_tiny(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    procs = _launch(data, out, 6, "2", signal_name, str(limit))  # rank 1 signals itself at step 2
+    try:
+        start = time.monotonic()
+        _, err0 = procs[0].communicate(timeout=limit + 90)
+        elapsed = time.monotonic() - start
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+    assert procs[0].returncode not in (0, None)
+    assert "qs_attn: rank 0 of 2" in err0 and "another process probably failed" in err0, err0[-2000:]
+    assert elapsed < limit + 30, f"took {elapsed:.0f} s"
