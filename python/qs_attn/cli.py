@@ -1,4 +1,4 @@
-"""The ``qs-attn`` command: train, resume, translate, import-pth, export-pth.
+"""The ``qs-attn`` command: train, resume, translate, import-pth, export-pth, evaluate.
 
 Options after the subcommand's own are the training options as ``--name value`` pairs with
 the reference's names (``--n_epochs 5 --lambda_NCE 2 --nce_idt false``); values are parsed as
@@ -29,6 +29,13 @@ def _options(pairs: List[str]) -> Dict[str, object]:
 
 
 def _report(result) -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # a torchrun launch: rank 0 reports
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 130 if result.interrupted else 0
     print(f"run folder:  {result.run_dir}")
     print(f"checkpoint:  {result.checkpoint}")
     if result.samples:
@@ -66,6 +73,22 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("out_dir")
     p.add_argument("--prefix", default="latest")
+    p = sub.add_parser("evaluate", help="FID, KID and (with ground truth) L1/SSIM on a test split")
+    p.add_argument("target", help="our checkpoint (.safetensors), a reference latest_net_G.pth, "
+                                  "or a run folder (latest and best checkpoints)")
+    p.add_argument("--data", default=None, help="folder with testA/ and testB/ (default: the run's "
+                                                "dataroot if it still exists, else the bundled set)")
+    p.add_argument("--json", default=None, help="also write the report as JSON here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--direction", default=None, choices=["AtoB", "BtoA"])
+    p.add_argument("--size", type=int, default=None,
+                   help="resize to size x size (default: the training crop size; 0: native size)")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="only the first N images per split (quick checks; default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=None)
+    p.add_argument("--cache-dir", default=None, help="cache the real images' features on disk here")
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "train":
@@ -84,10 +107,31 @@ def main(argv=None) -> int:
         elif args.command == "export-pth":
             for path in qs_attn.export_pth(args.checkpoint, args.out_dir, args.prefix):
                 print(f"wrote {path}")
+        elif args.command == "evaluate":
+            return _evaluate(args)
         return 0
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"qs-attn: error: {e}", file=sys.stderr)
         return 2
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .metrics import EvalExtraMissingError
+
+    try:
+        evaluate(
+            args.target, args.data, json_path=args.json, device=args.device, direction=args.direction,
+            size="crop" if args.size is None else (args.size or None), max_images=args.max_images,
+            batch_size=args.batch_size, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+            cache_dir=args.cache_dir,
+        )
+    except EvalExtraMissingError as e:
+        print(f"qs-attn: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
