@@ -1,7 +1,7 @@
 """The ops inside the PyTorch ecosystem: `torch.compile(fullgraph=True)` (CPU inductor) of a
 module using them gives the eager values and gradients with no graph break; the registered
-custom ops pass `torch.library.opcheck`; under CPU bf16 autocast the attention, entropy and NCE
-run in float32."""
+custom ops pass `torch.library.opcheck`; under autocast (CPU bf16; CUDA fp16 / bf16 where a
+GPU is present) the attention, entropy and NCE run in float32."""
 
 import pytest
 import torch
@@ -63,23 +63,30 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(_library.route, (src, local_indices, tgt, "local", 3, "reference"))
 
 
-def test_cpu_bf16_autocast_keeps_attention_and_nce_in_float32():
+AUTOCASTS = [("cpu", torch.bfloat16), ("cuda", torch.float16), ("cuda", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("device, dtype", AUTOCASTS, ids=lambda v: str(v).replace("torch.", ""))
+def test_autocast_keeps_attention_and_nce_in_float32(device, dtype):
+    """CPU bf16 here; CUDA fp16 / bf16 where a GPU is present (skipped in CI)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
     torch.manual_seed(2)
-    proj = torch.nn.Linear(16, 16)
-    x = torch.randn(2, 64, 16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = proj(x)  # bf16 under autocast
-        assert feats.dtype == torch.bfloat16
+    proj = torch.nn.Linear(16, 16).to(device)
+    x = torch.randn(2, 64, 16, device=device)
+    with torch.autocast(device, dtype=dtype):
+        feats = proj(x)  # low precision under autocast
+        assert feats.dtype == dtype
         fmap = feats.transpose(1, 2).reshape(2, 16, 8, 8)
         assert qs_attn.qs_entropy(fmap).dtype == torch.float32
         sel = qs_attn.qs_select(fmap, 16)
         assert sel.attn.dtype == torch.float32
         routed = qs_attn.qs_route(fmap, sel)
-        assert routed.dtype == torch.bfloat16  # values follow the features
+        assert routed.dtype == dtype  # values follow the features
         rows = torch.nn.functional.normalize(routed.flatten(0, 1).float(), dim=1)
-        loss = qs_attn.patch_nce_loss(rows.to(torch.bfloat16), rows.to(torch.bfloat16).flip(0), num_images=2)
+        loss = qs_attn.patch_nce_loss(rows.to(dtype), rows.to(dtype).flip(0), num_images=2)
         assert loss.dtype == torch.float32
     loss.backward()
     assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
-    # the float32 computation on the same bf16 features selects the same queries
+    # the float32 computation on the same low-precision features selects the same queries
     assert torch.equal(sel.indices, qs_attn.qs_select(fmap.detach().float(), 16).indices)
