@@ -167,6 +167,12 @@ class Trainer:
             on when ``WORLD_SIZE`` > 1. ``batch_size`` is per process. Callbacks run on every
             rank (``StepInfo.trainer.rank``) and must stop on all ranks alike.
         dist_timeout: seconds a collective may wait for the other processes before failing.
+        eval_freq: evaluate every this many iterations (and at the end) on the test split:
+            FID, KID and, with paired ground truth, L1 / SSIM (needs the ``eval`` extra); keeps
+            ``best.safetensors`` (lowest FID) beside ``latest.safetensors``, logs to
+            ``eval_log.jsonl``; the result reports the best and the last evaluation.
+        eval_data: the folder with ``testA/`` / ``testB/`` to evaluate on (default: ``dataroot``).
+        eval_max_images: evaluate on the first N test images only (quick checks; default all).
 
     The parameters of supplied modules are trained by the trainer's Adam (moved to the
     training device first); their ``state_dict`` goes into the checkpoints.
@@ -177,12 +183,15 @@ class Trainer:
                  projector: Optional[nn.Module] = None, gan_loss: Optional[Callable] = None,
                  nce_loss: Optional[Callable] = None, callbacks: Iterable[Callback] = (),
                  epoch_callbacks: Iterable[Callback] = (), progress: bool = True,
-                 distributed: Optional[bool] = None, dist_timeout: float = 300.0, **options):
+                 distributed: Optional[bool] = None, dist_timeout: float = 300.0,
+                 eval_freq: Optional[int] = None, eval_data: Optional[Union[str, Path]] = None,
+                 eval_max_images: Optional[int] = None, **options):
         config = dict(options, name=name, mode=mode)
         config["dataroot"] = str(dataroot if dataroot is not None else bundled_dataset())
         rank_world = self._join(config, distributed, dist_timeout)
         parts = _parts(generator, discriminator, projector, gan_loss, nce_loss, config.get("device", "cpu"))
         self._setup(_native.Trainer(json.dumps(config), parts), parts, callbacks, epoch_callbacks, progress, rank_world)
+        self._setup_eval(eval_freq, eval_data, eval_max_images)
 
     @staticmethod
     def _join(config: dict, distributed: Optional[bool], timeout: float):
@@ -203,7 +212,8 @@ class Trainer:
                gan_loss: Optional[Callable] = None, nce_loss: Optional[Callable] = None,
                callbacks: Iterable[Callback] = (), epoch_callbacks: Iterable[Callback] = (),
                progress: bool = True, distributed: Optional[bool] = None, dist_timeout: float = 300.0,
-               **overrides) -> "Trainer":
+               eval_freq: Optional[int] = None, eval_data: Optional[Union[str, Path]] = None,
+               eval_max_images: Optional[int] = None, **overrides) -> "Trainer":
         """Continues a run from its checkpoint exactly where it stopped. A run trained with a
         supplied network needs the same kind of module again. A checkpoint of a distributed run
         resumes in one process or on any number of processes (same images seen, rounded down
@@ -217,6 +227,7 @@ class Trainer:
         native = _native.Trainer.resume(str(checkpoint), json.dumps(overrides) if overrides else None, parts)
         self = cls.__new__(cls)
         self._setup(native, parts, callbacks, epoch_callbacks, progress, rank_world)
+        self._setup_eval(eval_freq, eval_data, eval_max_images)
         return self
 
     def _setup(self, native, parts, callbacks, epoch_callbacks, progress, rank_world) -> None:
@@ -237,6 +248,27 @@ class Trainer:
         #: The logged loss rows (every ``print_freq`` iterations): ``{"iter", "epoch", **losses}``.
         self.losses: List[Dict[str, float]] = []
         self._views: Dict[str, nn.Module] = {}
+
+    def _setup_eval(self, every: Optional[int], data, max_images: Optional[int]) -> None:
+        """In-training evaluation (rank 0 only); see :mod:`qs_attn._train_eval`."""
+        self._eval = None
+        if every is None or self.rank != 0:
+            return
+        from ._train_eval import TrainingEvaluator
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._eval = TrainingEvaluator(self.run_dir, int(every), Path(data or self.config["dataroot"]),
+                                       int(self.config["crop_size"]), self.config["device"], max_images)
+
+    @property
+    def evaluations(self) -> List[dict]:
+        """The in-training evaluations so far (``eval_freq``), oldest first."""
+        return [] if self._eval is None else list(self._eval.evaluations)
+
+    def _evaluate(self) -> None:
+        scores = self._eval(self, self.total_iters)
+        if self.progress:
+            self._eval.announce(scores)
 
     # -- the networks -------------------------------------------------------------------------
 
@@ -295,6 +327,8 @@ class Trainer:
             return None
         if p["losses"]:
             self.losses.append(dict(p["losses"], iter=p["total_iters"], epoch=p["epoch"]))
+        if self._eval is not None and self._eval.due(p["total_iters"]):
+            self._evaluate()
         info = None
         for callbacks, due in ((self.callbacks, True), (self.epoch_callbacks, p["epoch_end"])):
             for cb in callbacks if due else ():
@@ -328,7 +362,11 @@ class Trainer:
             stopped_by = repr(e)
         finally:
             line.close()
+        if self._eval is not None and stopped_by is None and self.total_iters and not self._eval.evaluated(self.total_iters):
+            self._evaluate()  # the last checkpoint is always scored too
         summary = self._native.finish(stopped_by is not None)
+        if self._eval is not None and self.progress:
+            print(f"qs_attn: {self._eval.report()}", file=sys.stderr)
         if stopped_by is not None and self.rank == 0:
             print(f"qs_attn: training stopped; checkpoint saved to {summary['latest_checkpoint']}", file=sys.stderr)
         return TrainResult(
@@ -340,6 +378,8 @@ class Trainer:
             total_iters=int(summary["total_iters"]),
             interrupted=bool(summary["interrupted"]),
             stopped_by=stopped_by,
+            evaluations=None if self._eval is None else self.evaluations,
+            best=None if self._eval is None else self._eval.best,
         )
 
     def visuals(self) -> Dict[str, torch.Tensor]:
