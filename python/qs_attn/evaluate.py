@@ -45,7 +45,7 @@ def protocol(num_subsets: int, subset_size: Optional[int]) -> Dict[str, Any]:
         "pixels": "8-bit: translations truncated as the PNG writer stores them, real images exact",
         "resize": "TF1 bilinear (align_corners=False, no half-pixel centres) to 299x299 in float",
         "input_range": "v/128 - 1 in [-1, 127/128]",
-        "fid": "float64 means and unbiased covariances; tr sqrt via eigendecomposition",
+        "fid": "float64 means and unbiased covariances; tr sqrt via symmetric eigendecomposition",
         "kid": {"kernel": "(x.y/2048 + 1)^3", "estimator": "unbiased MMD^2", "subsets": num_subsets,
                 "subset_size": subset_size if subset_size is not None else "min(1000, min(n1, n2) // 2)"},
         "l1": "mean |translation - ground truth| on 8-bit images scaled to [0, 1]",

@@ -252,8 +252,28 @@ def frechet_distance(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tenso
 
 
 def fid_from_features(features1: torch.Tensor, features2: torch.Tensor) -> float:
-    """FID between two sets of features (``n₁×d``, ``n₂×d``)."""
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+    """FID between two sets of features (``n₁×d``, ``n₂×d``), as :func:`frechet_distance` of
+    their :func:`feature_statistics`.
+
+    With fewer images than dimensions (n₁ ≤ n₂ < d, e.g. 108 test images and 2048 features)
+    the same value comes from an ``n₁×n₁`` problem instead of two ``d×d`` ones: writing the
+    centred features as ``X`` and ``Y``, ``Σ₁ = XᵀX/(n₁−1)`` and ``Σ₂ = YᵀY/(n₂−1)``, the
+    non-zero eigenvalues of ``Σ₁Σ₂`` are those of ``G = (XYᵀ)(XYᵀ)ᵀ / ((n₁−1)(n₂−1))``, so
+    ``tr (Σ₁Σ₂)^½ = Σ √eig(G)``; and ``tr Σ = ‖X‖²/(n − 1)``.
+    """
+    f1, f2 = features1.to(torch.float64), features2.to(torch.float64)
+    if f1.shape[0] > f2.shape[0]:
+        f1, f2 = f2, f1  # symmetric; the smaller set sizes the problem
+    n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
+    if n2 >= d or n1 < 2:
+        return frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
+    m1, m2 = f1.mean(dim=0), f2.mean(dim=0)
+    x, y = f1 - m1, f2 - m2
+    cross = x @ y.T
+    gram = cross @ cross.T / ((n1 - 1) * (n2 - 1))
+    trace_sqrt = _denoised(torch.linalg.eigvalsh((gram + gram.T) / 2)).sqrt().sum()
+    traces = x.square().sum() / (n1 - 1) + y.square().sum() / (n2 - 1)
+    return float((m1 - m2).square().sum() + traces - 2 * trace_sqrt)
 
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:

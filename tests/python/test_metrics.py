@@ -22,11 +22,16 @@ def randn(*shape, seed=0, dtype=torch.float64):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n1,n2,d", [(40, 30, 16), (25, 35, 512), (300, 200, 64)])
+@pytest.mark.parametrize("n1,n2,d", [(40, 30, 16), (25, 35, 512), (35, 25, 512), (300, 200, 64), (2, 3, 8)])
 def test_fid_matches_nuclear_norm_form(n1, n2, d):
+    """Both routes — d×d eigendecompositions of the statistics, and the small n×n problem
+    fid_from_features takes with fewer images than dimensions — against the nuclear norm."""
     x = randn(n1, d, seed=1) * 1.5 + randn(d, seed=2)
     y = randn(n2, d, seed=3) @ (torch.eye(d, dtype=torch.float64) + 0.1 * randn(d, d, seed=4))
-    assert metrics.fid_from_features(x, y) == pytest.approx(fid_nuclear(x, y), rel=1e-8, abs=1e-8)
+    expected = fid_nuclear(x, y)
+    from_statistics = metrics.frechet_distance(*metrics.feature_statistics(x), *metrics.feature_statistics(y))
+    assert from_statistics == pytest.approx(expected, rel=1e-8, abs=1e-8)
+    assert metrics.fid_from_features(x, y) == pytest.approx(expected, rel=1e-8, abs=1e-8)
 
 
 def test_fid_diagonal_closed_form():
@@ -42,6 +47,8 @@ def test_fid_diagonal_closed_form():
 def test_fid_identities():
     x = randn(20, 512, seed=9).float()  # fewer samples than dimensions: singular covariances
     assert abs(metrics.fid_from_features(x, x)) < 1e-6
+    stats = metrics.feature_statistics(x)
+    assert abs(metrics.frechet_distance(*stats, *stats)) < 1e-6
     shift = 0.05 * randn(512, seed=10).float()
     # a translated copy: same covariance, FID = squared mean shift
     assert metrics.fid_from_features(x, x + shift) == pytest.approx(float(shift.double().square().sum()), rel=1e-4)
