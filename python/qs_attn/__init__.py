@@ -33,7 +33,8 @@ from ._ops import (
     sample_patch_ids,
 )
 from ._native import PatchSampler
-from . import nn
+from . import metrics, nn
+from .evaluate import EvaluationReport, evaluate, evaluate_generator
 from .models import Discriminator, Generator, checkpoint_state_dicts, export_pth, import_pth, load_generator, translate
 from .trainer import StepInfo, StopTraining, Trainer
 from .train import TrainResult, bundled_dataset, plot_losses, resume, train
@@ -42,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Discriminator",
+    "EvaluationReport",
     "Generator",
     "StepInfo",
     "StopTraining",
@@ -49,6 +51,9 @@ __all__ = [
     "PatchSampler",
     "TrainResult",
     "bundled_dataset",
+    "evaluate",
+    "evaluate_generator",
+    "metrics",
     "checkpoint_state_dicts",
     "export_pth",
     "import_pth",

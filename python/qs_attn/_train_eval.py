@@ -48,7 +48,7 @@ class TrainingEvaluator:
         device = next(iter(G.state_dict(keep_vars=True).values())).device
         with torch.no_grad():
             scores = evaluate_generator(G, self.data, size=self.size, device=device, max_images=self.max_images,
-                                        kid_subsets=self.kid_subsets, cache_dir=self.run_dir)
+                                        kid_subsets=self.kid_subsets, cache_dir=self.run_dir / "eval_cache")
         previous_best = self.best
         scores = dict(scores, iter=iteration, epoch=trainer.epoch)
         self.evaluations.append(scores)
