@@ -3,8 +3,9 @@ mode "none") and QS-Attn "global", "local" and "cross", with the same seed, data
 number of iterations, each evaluated during training (FID, KID, L1/SSIM against the paired
 test split) with best and last checkpoints kept. Runs two trainings at a time, one thread each.
 
-    python benches/quality.py --out runs/quality          # ~1 h on 2 CPU cores
+    python benches/quality.py --out runs/quality          # 2,931 iterations each: ~70 min on 2 CPU cores
     python benches/quality.py --report runs/quality       # the markdown table of a finished run
+    python benches/quality.py --grid runs/quality docs/results/quality_grid.png
 
 The table and the sample grids go into docs/results.md by hand (the numbers are this machine's).
 """
@@ -55,17 +56,43 @@ def report(out: Path) -> str:
     return "\n".join(rows)
 
 
+def grid(out: Path, target: Path, n: int = 6) -> None:
+    """Rows: the first ``n`` test emoji; columns: source | each method's last checkpoint |
+    ground truth."""
+    import torch
+
+    import qs_attn
+    from qs_attn import _native
+
+    data = qs_attn.bundled_dataset()
+    names = sorted(p.name for p in (data / "testA").iterdir())[:n]
+    generators = [qs_attn.load_generator(out / mode / "latest.safetensors") for mode in MODES]
+    rows = []
+    with torch.no_grad():
+        for name in names:
+            a = _native.load_image(str(data / "testA" / name), 64)
+            b = _native.load_image(str(data / "testB" / name), 64)
+            cells = [a[0]] + [g(a)[0] for g in generators] + [b[0]]
+            rows.append(torch.cat([torch.nn.functional.pad(c, (2, 2, 2, 2), value=1.0) for c in cells], dim=2))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _native.save_image(torch.cat(rows, dim=1), str(target))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--mode", choices=MODES, help="(internal) train one mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-epochs", type=int, default=2)
-    p.add_argument("--n-epochs-decay", type=int, default=2)
+    p.add_argument("--n-epochs-decay", type=int, default=1)
     p.add_argument("--eval-freq", type=int, default=977)  # once per epoch of the bundled set
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report", metavar="OUT", help="print the table of a finished comparison")
+    p.add_argument("--grid", nargs=2, metavar=("OUT", "PNG"), help="translations of test emoji by each method")
     args = p.parse_args()
+    if args.grid:
+        grid(Path(args.grid[0]), Path(args.grid[1]))
+        return
     if args.report:
         print(report(Path(args.report)))
         return
