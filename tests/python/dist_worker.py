@@ -2,7 +2,8 @@
 environment variables). Usage: dist_worker.py DATA OUT_DIR STEPS [STEP SIGNAL [TIMEOUT]]
 
 With STEP and SIGNAL ("KILL" or "STOP"), rank 1 sends itself that signal at that iteration
-(dies, or hangs); TIMEOUT is the collectives' timeout in seconds (default 20).
+(dies, or hangs); TIMEOUT is the collectives' timeout in seconds (default 20). With the
+environment variable QS_TEST_RESUME=<checkpoint> the ranks resume that checkpoint instead.
 
 Trains the tiny configuration for STEPS iterations with batch 1 per rank and saves, per
 iteration, the losses and all G, D, F tensors as OUT_DIR/rank<r>.pt."""
@@ -33,8 +34,12 @@ def main() -> None:
         nets = {net: {k: v.detach().clone() for k, v in info.trainer._native.state_dict(net).items()} for net in "GDF"}
         records.append({"step": info.step, "losses": dict(info.losses), "nets": nets})
 
-    result = qs_attn.train(data, "dist", "global", checkpoints_dir=os.path.join(out_dir, "runs"), max_iters=steps,
-                           batch_size=1, progress=False, callback=record, dist_timeout=timeout, **TINY)
+    if os.environ.get("QS_TEST_RESUME"):
+        result = qs_attn.resume(os.environ["QS_TEST_RESUME"], max_iters=steps, checkpoints_dir=os.path.join(out_dir, "runs"),
+                                progress=False, callback=record, dist_timeout=timeout)
+    else:
+        result = qs_attn.train(data, "dist", "global", checkpoints_dir=os.path.join(out_dir, "runs"), max_iters=steps,
+                               batch_size=1, progress=False, callback=record, dist_timeout=timeout, **TINY)
     torch.save({"records": records, "checkpoint": str(result.checkpoint) if result.checkpoint else None},
                os.path.join(out_dir, f"rank{rank}.pt"))
 

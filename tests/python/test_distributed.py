@@ -22,12 +22,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(data, out_dir, steps, *extra):
+def _launch(data, out_dir, steps, *extra, resume=None):
     """Starts two ranks as torchrun would (same environment variables)."""
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+        env = dict(os.environ, QS_TEST_RESUME=str(resume or ""), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]))
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(data), str(out_dir), str(steps), *extra],
@@ -95,19 +95,38 @@ def test_two_ranks_with_batch_one_equal_one_process_with_batch_two(two_rank_run,
                 assert float((t - s["nets"][net][name]).abs().mean()) < 1e-6, (k, net, name)
 
 
-def test_a_distributed_checkpoint_resumes_in_one_process(two_rank_run):
+def test_a_distributed_checkpoint_resumes_in_one_process(two_rank_run, tmp_path):
     _, out, (r0, r1) = two_rank_run
     assert r1["checkpoint"] is None  # only rank 0 writes
     ckpt = Path(r0["checkpoint"])
     saved = qs_attn.checkpoint_state_dicts(ckpt)
     for name, t in r0["records"][-1]["nets"]["G"].items():
         assert torch.equal(saved["G"][name], t), name
-    resumed = qs_attn.resume(ckpt, max_iters=STEPS + 2, progress=False, distributed=False)
+    resumed = qs_attn.resume(ckpt, max_iters=STEPS + 2, progress=False, distributed=False,
+                             checkpoints_dir=str(tmp_path))  # (leaves the shared run's checkpoint alone)
     assert resumed.total_iters == STEPS + 2
     # the position in the epoch is converted to one process's batches: epoch 2 had one global
     # batch of 2 behind it, so 2 single batches; 2 more iterations end that epoch of 4
     meta = qs_attn._native.read_checkpoint(str(resumed.checkpoint))[1]
     assert (meta["epoch"], meta["epoch_iter"], meta["world_size"]) == ("3", "0", "1")
+
+
+def test_a_distributed_checkpoint_resumes_on_two_ranks(two_rank_run, tmp_path):
+    """Saved after 3 global batches (epoch 2, 1 batch in); two ranks continue from there and
+    stay identical."""
+    data, _, (r0, _) = two_rank_run
+    procs = _launch(data, tmp_path, STEPS + 2, resume=r0["checkpoint"])
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False)["records"] for r in range(2))
+    assert [r["step"] for r in a] == [STEPS + 1, STEPS + 2] == [r["step"] for r in b]
+    for net in "GDF":
+        for name, t in a[-1]["nets"][net].items():
+            assert torch.equal(t, b[-1]["nets"][net][name]), (net, name)
+    meta = qs_attn._native.read_checkpoint(str(tmp_path / "runs" / "dist" / "latest.safetensors"))[1]
+    # epoch 2 had 2 global batches of 2: the resumed run finished it and trained one of epoch 3
+    assert (meta["epoch"], meta["epoch_iter"], meta["world_size"]) == ("3", "1", "2")
 
 
 @pytest.mark.parametrize("signal_name, limit", [("KILL", 60), ("STOP", 8)])
