@@ -3,6 +3,7 @@ decoded with Pillow, the translations that `translate` writes to disk, FID in th
 form), run folders with latest and best, .pth generators, the real-feature cache, the CLI and
 the missing-extra error."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -147,7 +148,8 @@ def test_real_features_are_cached(paired_data, tmp_path, monkeypatch):
     cached = list((tmp_path / "cache").glob("real_features_*.pt"))
     assert len(cached) == 1
     # from disk: a fresh process (empty memory cache) featurises no real image
-    monkeypatch.setattr("qs_attn.evaluate._REAL_FEATURES", {})
+    # (the module, not the function qs_attn.evaluate the package exports under the same name)
+    monkeypatch.setattr(importlib.import_module("qs_attn.evaluate"), "_REAL_FEATURES", {})
     again = real_features(paired_data, "testB", None, cache_dir=tmp_path / "cache")
     assert counter.count == 12
     torch.testing.assert_close(again, real_features(paired_data, "testB", None))
