@@ -330,7 +330,7 @@ def _checkpoint_info(path: Path) -> Dict[str, Any]:
     for a ``.pth`` state dict)."""
     if path.suffix != ".safetensors":
         return {}
-    _, meta = _native.read_checkpoint(str(path))
+    meta = _native.read_checkpoint_metadata(str(path))
     config = json.loads(meta.get("config", "{}"))
     iteration = meta.get("total_iters")
     return {

@@ -219,7 +219,7 @@ class Trainer:
         resumes in one process or on any number of processes (same images seen, rounded down
         to whole global batches)."""
         config = {"device": overrides.get("device") or
-                  json.loads(_native.read_checkpoint(str(checkpoint))[1]["config"]).get("device", "cpu")}
+                  json.loads(_native.read_checkpoint_metadata(str(checkpoint))["config"]).get("device", "cpu")}
         rank_world = cls._join(config, distributed, dist_timeout)
         if rank_world is not None:
             overrides["device"] = config["device"]

@@ -369,6 +369,12 @@ pub fn read_checkpoint(path: PathBuf) -> PyResult<(HashMap<String, PyTensor>, Ha
     Ok((tensors.into_iter().map(|(k, v)| (k, PyTensor(v))).collect(), meta))
 }
 
+/// Reads only a checkpoint's metadata (the run's config, position, …), not its tensors.
+#[pyfunction]
+pub fn read_checkpoint_metadata(path: PathBuf) -> PyResult<HashMap<String, String>> {
+    checkpoint::load_metadata(&path).map_err(to_py)
+}
+
 /// Decodes an image to `1 × 3 × H × W` in [−1, 1]: resized to `size × size`, or native size
 /// rounded to multiples of 4 when `size` is None.
 #[pyfunction]
@@ -395,6 +401,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTrainer>()?;
     m.add_class::<PyNetwork>()?;
     m.add_function(wrap_pyfunction!(read_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(read_checkpoint_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(load_image, m)?)?;
     m.add_function(wrap_pyfunction!(image_files, m)?)?;
     m.add_function(wrap_pyfunction!(save_image, m)?)?;

@@ -79,6 +79,30 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String,
     Ok(())
 }
 
+/// Reads only a checkpoint's metadata: the safetensors header (8-byte little-endian length,
+/// then JSON whose `__metadata__` holds the strings), without reading the tensors.
+pub fn load_metadata(path: &Path) -> Result<HashMap<String, String>, TchError> {
+    use std::io::Read;
+    /// safetensors' own bound on the header size.
+    const MAX_HEADER: u64 = 100_000_000;
+    let not_valid = |e: &dyn std::fmt::Display| io_error(path, format!("not a valid checkpoint ({e})"));
+    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| not_valid(&e))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER {
+        return Err(not_valid(&format!("header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| not_valid(&e))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| not_valid(&e))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+        .unwrap_or_default())
+}
+
 /// Reads a checkpoint: named tensors (on the CPU) and the metadata.
 pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>), TchError> {
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;

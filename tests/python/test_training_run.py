@@ -65,6 +65,19 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert after.keys() == before.keys()
 
 
+def test_checkpoint_metadata_reads_without_the_tensors(tmp_path):
+    """The header-only reader gives the metadata the full safetensors reader gives."""
+    run = qs_attn.train(name="meta", checkpoints_dir=str(tmp_path), max_iters=1, progress=False, **TINY)
+    _, meta = _states(run.checkpoint)
+    assert _native.read_checkpoint_metadata(str(run.checkpoint)) == meta
+    assert json.loads(meta["config"])["name"] == "meta" and meta["total_iters"] == "1"
+    for name, content in (("garbage", b"\xff" * 16), ("truncated", b"\x10" + b"\0" * 7 + b"{")):
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match="not a valid checkpoint"):
+            _native.read_checkpoint_metadata(str(bad))
+
+
 def test_pth_export_import_round_trip(tmp_path):
     run = qs_attn.train(name="pth", checkpoints_dir=str(tmp_path), max_iters=2, progress=False, **TINY)
     written = qs_attn.export_pth(run.checkpoint, tmp_path / "pth")
