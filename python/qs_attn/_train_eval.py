@@ -14,14 +14,14 @@ from typing import Any, Dict, List, Optional
 class TrainingEvaluator:
     """Runs the evaluations of one run (on rank 0 of a distributed run only)."""
 
-    def __init__(self, run_dir: Path, every: int, data: Optional[Path], size: int, device: str,
+    def __init__(self, run_dir: Path, every: int, data: Optional[Path], size: int,
                  max_images: Optional[int] = None, kid_subsets: int = 100):
         if every < 1:
             raise ValueError(f"eval_freq must be a positive number of iterations, got {every}")
         from . import metrics
 
         metrics.inception_weights_path()  # fails now, with the install command, if the extra is missing
-        self.run_dir, self.every, self.data, self.size, self.device = run_dir, every, data, size, device
+        self.run_dir, self.every, self.data, self.size = run_dir, every, data, size
         self.max_images, self.kid_subsets = max_images, kid_subsets
         self.log = run_dir / "eval_log.jsonl"
         self.evaluations: List[Dict[str, Any]] = []
@@ -40,15 +40,11 @@ class TrainingEvaluator:
 
     def __call__(self, trainer, iteration: int) -> Dict[str, Any]:
         """Scores the trainer's current generator; saves ``best.safetensors`` on a new best."""
-        import torch
-
         from .evaluate import evaluate_generator
 
-        G = trainer.G
-        device = next(iter(G.state_dict(keep_vars=True).values())).device
-        with torch.no_grad():
-            scores = evaluate_generator(G, self.data, size=self.size, device=device, max_images=self.max_images,
-                                        kid_subsets=self.kid_subsets, cache_dir=self.run_dir / "eval_cache")
+        scores = evaluate_generator(trainer.G, self.data, size=self.size, device=trainer.device,
+                                    max_images=self.max_images, kid_subsets=self.kid_subsets,
+                                    cache_dir=self.run_dir / "eval_cache")
         previous_best = self.best
         scores = dict(scores, iter=iteration, epoch=trainer.epoch)
         self.evaluations.append(scores)

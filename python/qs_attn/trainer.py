@@ -258,7 +258,7 @@ class Trainer:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._eval = TrainingEvaluator(self.run_dir, int(every), Path(data or self.config["dataroot"]),
-                                       int(self.config["crop_size"]), self.config["device"], max_images)
+                                       int(self.config["crop_size"]), max_images)
 
     @property
     def evaluations(self) -> List[dict]:
@@ -302,6 +302,11 @@ class Trainer:
         return self._views["F"]
 
     # -- training -----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The training device (every network, built-in or supplied, is on it)."""
+        return torch.device(self.config["device"])
 
     @property
     def total_iters(self) -> int:
@@ -400,11 +405,10 @@ class Trainer:
         files_a = _native.image_files(str(root / f"{split}A"))[:n]
         files_b = _native.image_files(str(root / f"{split}B"))[:n]
         G = self.G
-        device = next(iter(G.state_dict(keep_vars=True).values())).device
         with torch.no_grad():
             for fa, fb in zip(files_a, files_b):
-                a = _native.load_image(str(fa), size).to(device)
-                b = _native.load_image(str(fb), size).to(device)
+                a = _native.load_image(str(fa), size).to(self.device)
+                b = _native.load_image(str(fb), size).to(self.device)
                 out = G(torch.cat([a, b]))
                 rows.append(torch.cat([_pad(a[0]), _pad(out[0]), _pad(b[0]), _pad(out[1])], dim=2))
         grid = ((torch.cat(rows, dim=1).cpu() + 1) / 2).clamp(0, 1)
