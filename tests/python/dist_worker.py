@@ -14,9 +14,10 @@ import sys
 import torch
 
 import qs_attn
+import tiny_run
 
-TINY = dict(ngf=8, ndf=8, num_patches=16, netF_nc=16, crop_size=32, load_size=36, n_blocks=2, print_freq=1,
-            num_threads=1, n_epochs=3, n_epochs_decay=0)
+#: The tiny setup, one loader thread, epochs of 2 global batches (4 images, 2 ranks) x 3.
+TINY = dict(tiny_run.TINY, num_threads=1, n_epochs=3, n_epochs_decay=0)
 
 
 def main() -> None:
@@ -31,8 +32,7 @@ def main() -> None:
     def record(info):
         if kill_at is not None and rank == 1 and info.step == kill_at:
             os.kill(os.getpid(), sig)
-        nets = {net: {k: v.detach().clone() for k, v in info.trainer._native.state_dict(net).items()} for net in "GDF"}
-        records.append({"step": info.step, "losses": dict(info.losses), "nets": nets})
+        records.append({"step": info.step, "losses": dict(info.losses), "nets": tiny_run.network_snapshot(info.trainer)})
 
     if os.environ.get("QS_TEST_RESUME"):
         result = qs_attn.resume(os.environ["QS_TEST_RESUME"], max_iters=steps, checkpoints_dir=os.path.join(out_dir, "runs"),

@@ -11,6 +11,7 @@ import torch
 
 import qs_attn
 from dist_worker import TINY
+from tiny_run import copy_tiny_dataset, network_snapshot
 
 STEPS = 3
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -39,7 +40,7 @@ def _launch(data, out_dir, steps, *extra, resume=None):
 def two_rank_run(tmp_path_factory):
     """Two ranks, batch 1 each, STEPS iterations on four images per domain."""
     root = tmp_path_factory.mktemp("dist")
-    data = _copy_tiny(root)
+    data = copy_tiny_dataset(root)
     out = root / "out"
     out.mkdir()
     procs = _launch(data, out, STEPS)
@@ -47,17 +48,6 @@ def two_rank_run(tmp_path_factory):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     return data, out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
-
-
-def _copy_tiny(root: Path) -> Path:
-    import shutil
-
-    data = root / "data"
-    for split in ("trainA", "trainB", "testA", "testB"):
-        (data / split).mkdir(parents=True)
-        for f in sorted((qs_attn.bundled_dataset() / split).iterdir())[:4]:
-            shutil.copy(f, data / split / f.name)
-    return data
 
 
 def test_parameters_are_identical_on_both_ranks_after_every_step(two_rank_run):
@@ -76,8 +66,7 @@ def test_two_ranks_with_batch_one_equal_one_process_with_batch_two(two_rank_run,
     single = []
 
     def record(info):
-        nets = {net: {k: v.detach().clone() for k, v in info.trainer._native.state_dict(net).items()} for net in "GDF"}
-        single.append({"losses": dict(info.losses), "nets": nets})
+        single.append({"losses": dict(info.losses), "nets": network_snapshot(info.trainer)})
 
     torch.manual_seed(0)
     qs_attn.train(data, "single", "global", checkpoints_dir=str(tmp_path), max_iters=STEPS, batch_size=2,
@@ -133,7 +122,7 @@ def test_a_distributed_checkpoint_resumes_on_two_ranks(two_rank_run, tmp_path):
 def test_a_failed_rank_ends_the_other_with_a_clear_error(tmp_path, signal_name, limit):
     """A killed rank (its connections close) or a hung one (the collective times out after
     ``dist_timeout``, here 8 s) makes the other exit with an error naming the problem."""
-    data = _copy_tiny(tmp_path)
+    data = copy_tiny_dataset(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     procs = _launch(data, out, 6, "2", signal_name, str(limit))  # rank 1 signals itself at step 2

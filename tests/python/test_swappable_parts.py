@@ -7,7 +7,6 @@ Python module's parameters are updated by the trainer's optimiser exactly as the
 network's are."""
 import copy
 import json
-import shutil
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import qs_attn
 import reference as ref
 import reference_cut as rc
 from qs_attn import _native
+from tiny_run import TINY
 from test_trainer_step import N, SIZE, _ids, _models, _ours, _selection_tie_free, _batch
 
 STEPS = 2
@@ -136,20 +136,6 @@ def test_an_exception_in_a_python_part_reaches_the_caller_unchanged():
 
 
 # -- the Python trainer object, callbacks, resume --------------------------------------------
-
-TINY = dict(ngf=8, ndf=8, num_patches=16, netF_nc=16, crop_size=32, load_size=36, n_blocks=2, print_freq=1)
-
-
-@pytest.fixture()
-def tiny_data(tmp_path):
-    """Four images per domain from the bundled set (epochs of four iterations)."""
-    root = tmp_path / "data"
-    bundled = qs_attn.bundled_dataset()
-    for split in ("trainA", "trainB", "testA", "testB"):
-        (root / split).mkdir(parents=True)
-        for f in sorted((bundled / split).iterdir())[:4]:
-            shutil.copy(f, root / split / f.name)
-    return root
 
 
 def test_callbacks_see_losses_and_images_and_can_stop(tiny_data, tmp_path):

@@ -8,7 +8,7 @@ import torch
 import qs_attn
 from qs_attn import _native
 from qs_attn.evaluate import evaluate_generator
-from test_swappable_parts import TINY, tiny_data  # noqa: F401  (fixture)
+from tiny_run import TINY
 
 
 def test_training_evaluates_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
