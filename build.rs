@@ -1,4 +1,5 @@
-//! Compiles the C++ autograd bridge (csrc/) against the libtorch headers torch-sys uses, and
+//! Compiles the C++ of csrc/ (the autograd bridge, the optimiser's fused step, the fast path's
+//! switches) against the libtorch headers torch-sys uses, and
 //! lets `cargo test` binaries find libtorch without LD_LIBRARY_PATH.
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ fn main() {
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("DEP_TCH_LIBTORCH_LIB is set by torch-sys"));
     let root = lib.parent().expect("libtorch lib folder has a parent").to_path_buf();
     let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    println!("cargo:rerun-if-changed=csrc/autograd_bridge.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     cc::Build::new()
         .cpp(true)
@@ -20,6 +21,8 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={cxx11_abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/autograd_bridge.cpp")
+        .file("csrc/optimizer.cpp")
+        .file("csrc/mixed_precision.cpp")
         .compile("qs_autograd_bridge");
 
     // Test binaries: an rpath to libtorch. Inside Python nothing is needed (`import torch`

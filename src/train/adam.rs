@@ -1,6 +1,9 @@
 //! Adam (Kingma & Ba), with the exact update of `torch.optim.Adam` (no weight decay, no
 //! amsgrad), and its state as named tensors so that checkpoints can store and restore it.
+use std::ffi::{c_char, CStr};
+
 use tch::{no_grad, TchError, Tensor};
+use torch_sys::C_tensor;
 
 use crate::error::invalid;
 
@@ -37,35 +40,52 @@ impl Adam {
         self.params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect()
     }
 
+    /// Drops the gradients (`set_to_none`, as torch.optim's `zero_grad` does by default): the
+    /// next backward writes fresh ones, and no kernel runs per parameter.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
-        }
+        let params: Vec<*const C_tensor> = self.params.iter().map(|(_, p)| p.as_ptr()).collect();
+        unsafe { qs_clear_grads(params.as_ptr(), params.len() as i64) };
     }
 
-    // t ← t + 1;  m ← lerp(m, g, 1 − β₁) = β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²
+    // t ← t + 1;  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²
     // p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
-    pub fn step(&mut self) {
-        self.step += 1;
-        let bias1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
-        no_grad(|| {
-            for (i, (_, p)) in self.params.iter_mut().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-                // The same operations, in the same order, as torch's single-tensor Adam.
-                let _ = m.lerp_(&g, 1.0 - self.beta1);
-                let _ = v.g_mul_scalar_(self.beta2).g_add_(&(&g * (1.0 - self.beta2) * &g));
-                let denom = v.sqrt() / bias2_sqrt + self.eps;
-                let _ = p.g_sub_(&(&*m / denom * (self.lr / bias1)));
+    // One fused kernel for all parameters (`_fused_adam_`, csrc/fused_adam.cpp): the update of
+    // torch.optim.Adam(fused=True), bit for bit equal to its single-tensor form on CPU; on CUDA
+    // it replaces ~10 small kernels per parameter by one launch per optimiser.
+    pub fn step(&mut self) -> Result<(), TchError> {
+        let mut with_grad = Vec::with_capacity(self.params.len());
+        for (i, (_, p)) in self.params.iter().enumerate() {
+            let g = p.grad();
+            if g.defined() {
+                with_grad.push((i, p.as_ptr(), g));
             }
-        });
+        }
+        self.step += 1;
+        let ptrs = |each: &dyn Fn(usize) -> *const C_tensor| with_grad.iter().map(|(i, _, _)| each(*i)).collect::<Vec<_>>();
+        let params: Vec<*const C_tensor> = with_grad.iter().map(|(_, p, _)| *p).collect();
+        let grads: Vec<*const C_tensor> = with_grad.iter().map(|(_, _, g)| g.as_ptr()).collect();
+        let exp_avg = ptrs(&|i| self.exp_avg[i].as_ptr());
+        let exp_avg_sq = ptrs(&|i| self.exp_avg_sq[i].as_ptr());
+        let error = unsafe {
+            qs_fused_adam(
+                params.as_ptr(),
+                grads.as_ptr(),
+                exp_avg.as_ptr(),
+                exp_avg_sq.as_ptr(),
+                params.len() as i64,
+                self.step as f64,
+                self.lr,
+                self.beta1,
+                self.beta2,
+                self.eps,
+            )
+        };
+        if error.is_null() {
+            Ok(())
+        } else {
+            let msg = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+            Err(invalid(format!("Adam step failed: {msg}")))
+        }
     }
 
     /// The state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`) and the step count.
@@ -90,4 +110,20 @@ impl Adam {
         self.step = step;
         Ok(())
     }
+}
+
+extern "C" {
+    fn qs_fused_adam(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        exp_avgs: *const *const C_tensor,
+        exp_avg_sqs: *const *const C_tensor,
+        n: i64,
+        step: f64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    ) -> *const c_char;
+    fn qs_clear_grads(params: *const *const C_tensor, n: i64);
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use tch::TchError;
 
+use super::precision::Precision;
 use crate::error::invalid;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -63,6 +64,16 @@ pub struct TrainConfig {
     pub seed: u64,
     /// "cpu", "cuda", "cuda:N".
     pub device: String,
+    /// "fp32", or "bf16": autocast to bfloat16 for G, D and F (the opt-in fast path; QS-Attn
+    /// and PatchNCE stay float32). See `train::precision`.
+    pub precision: String,
+    /// Store convolution weights and images channels-last (NHWC): faster cuDNN convolutions,
+    /// with `precision = "bf16"` in particular.
+    pub channels_last: bool,
+    /// On CUDA, let cuDNN time its convolution algorithms on the first iterations and keep the
+    /// fastest (`torch.backends.cudnn.benchmark`, a process-wide switch; training shapes are
+    /// fixed). Results are then not bit-reproducible across runs.
+    pub cudnn_benchmark: bool,
     pub print_freq: u64,
     pub display_freq: u64,
     pub save_latest_freq: u64,
@@ -116,6 +127,9 @@ impl Default for TrainConfig {
             init_gain: 0.02,
             seed: 0,
             device: "cpu".into(),
+            precision: "fp32".into(),
+            channels_last: false,
+            cudnn_benchmark: true,
             print_freq: 100,
             display_freq: 400,
             save_latest_freq: 5000,
@@ -180,6 +194,9 @@ impl TrainConfig {
             if slots.iter().any(|&s| s >= self.nce_layers.len()) {
                 errors.push(format!("qs_slots {:?} must index nce_layers (length {})", slots, self.nce_layers.len()));
             }
+        }
+        if let Err(e) = self.precision.parse::<Precision>() {
+            errors.push(e.to_string());
         }
         if self.nce_t <= 0.0 || self.lr <= 0.0 {
             errors.push("nce_T and lr must be positive".into());

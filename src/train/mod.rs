@@ -3,5 +3,6 @@ pub mod adam;
 pub mod checkpoint;
 pub mod config;
 pub mod parts;
+pub mod precision;
 pub mod run;
 pub mod trainer;

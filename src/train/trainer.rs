@@ -21,8 +21,10 @@ use tch::{nn, Device, Kind, TchError, Tensor};
 use super::adam::Adam;
 use super::checkpoint;
 use super::config::TrainConfig;
+use super::precision::{channels_last, params_to_channels_last, Bf16Autocast, Precision};
 use super::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, NceLossPart, Owned, PatchNce, ProjectorPart};
 use super::run::RunState;
+use crate::autograd::NoAutocast;
 use crate::error::invalid;
 use crate::losses::{gradient_penalty, GanMode};
 use crate::nets::discriminator::{Discriminator, DiscriminatorConfig};
@@ -220,6 +222,8 @@ pub struct Trainer {
     /// Flip-equivariance coins.
     coins: SplitMix64,
     gan_mode: GanMode,
+    /// Autocast precision of the forward passes of G, D and F.
+    precision: Precision,
     /// The epoch in progress (1-based, from `epoch_count`).
     pub epoch: i64,
     /// Batches of the current epoch already trained on.
@@ -249,6 +253,9 @@ impl Trainer {
     pub fn with_parts(cfg: TrainConfig, mut parts: Parts) -> Result<Self, TchError> {
         cfg.validate()?;
         let device = parse_device(&cfg.device)?;
+        if device.is_cuda() && cfg.cudnn_benchmark {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         tch::manual_seed(cfg.seed as i64);
         let supplied = parts.supplied();
         let nets = Networks::new(&cfg, device, &mut parts)?;
@@ -263,6 +270,12 @@ impl Trainer {
                 nets.f.keys_and_queries(&taps, &taps, cfg.num_patches, &mut scratch, None).map(|_| ())
             })?;
         }
+        if cfg.channels_last {
+            // before the optimisers: their moments take the parameters' layout
+            params_to_channels_last(&nets.g.parameters()?)?;
+            params_to_channels_last(&nets.d.parameters()?)?;
+        }
+        let precision: Precision = cfg.precision.parse()?;
         let adam = |params| Adam::new(params, cfg.lr, cfg.beta1, cfg.beta2);
         let (opt_g, opt_d) = (adam(nets.g.parameters()?), adam(nets.d.parameters()?));
         // Q25: no projector optimiser when NCE is off.
@@ -283,6 +296,7 @@ impl Trainer {
             opt_d,
             opt_f,
             gan_mode,
+            precision,
             run: None,
             visuals: None,
             grad_sync: None,
@@ -330,7 +344,16 @@ impl Trainer {
     /// positions and attention chosen on `feat_k` = E(src), applied to `feat_q` = E(tgt).
     fn nce_loss(&mut self, feat_k: &[Tensor], feat_q: &[Tensor], ids: Option<&[Option<Tensor>]>) -> Result<Tensor, TchError> {
         let layers = &self.cfg.nce_layers;
-        let (keys, queries) = self.nets.f.keys_and_queries(feat_k, feat_q, self.cfg.num_patches, &mut self.sampler, ids)?;
+        // F and the NCE loss run in float32 whatever the precision of G and D: with the bf16
+        // fast path the taps arrive in bfloat16 and are widened here (autocast stays off inside).
+        let _float32 = NoAutocast::new();
+        let widen = |taps: &[Tensor]| -> Vec<Tensor> {
+            taps.iter()
+                .map(|t| if matches!(t.kind(), Kind::BFloat16 | Kind::Half) { t.to_kind(Kind::Float) } else { t.shallow_clone() })
+                .collect()
+        };
+        let (feat_k, feat_q) = (widen(feat_k), widen(feat_q));
+        let (keys, queries) = self.nets.f.keys_and_queries(&feat_k, &feat_q, self.cfg.num_patches, &mut self.sampler, ids)?;
         let images = feat_q[0].size()[0];
         let mut total: Option<Tensor> = None;
         for (q, k) in queries.iter().zip(&keys) {
@@ -355,8 +378,15 @@ impl Trainer {
     /// [−1, 1]). With `update = false` the gradients are computed but no parameter changes
     /// (for comparisons with a reference); `ids` injects the random patch ids.
     pub fn step_with(&mut self, a: &Tensor, b: &Tensor, update: bool, ids: Option<InjectedIds>) -> Result<StepLosses, TchError> {
-        let (a, b) = (a.to_device(self.device), b.to_device(self.device));
+        let (mut a, mut b) = (a.to_device(self.device), b.to_device(self.device));
+        if self.cfg.channels_last {
+            (a, b) = (channels_last(&a)?, channels_last(&b)?);
+        }
         let images = a.size()[0];
+        // Forward passes in the configured precision; each backward runs outside the scope.
+        let (precision, device) = (self.precision, self.device);
+        let autocast = move || Bf16Autocast::scope(precision, device);
+        let forward_scope = autocast();
         let mut real = if self.cfg.nce_idt && self.cfg.lambda_nce > 0.0 { Tensor::cat(&[&a, &b], 0) } else { a.shallow_clone() };
         let flipped = self.cfg.flip_equivariance && self.coins.below(2) == 1;
         if flipped {
@@ -397,10 +427,11 @@ impl Trainer {
         } else {
             None
         };
+        drop(forward_scope);
         d.f_backward()?;
         if update {
             self.sync_gradients("D", &self.opt_d)?;
-            self.opt_d.step();
+            self.opt_d.step()?;
         }
 
         // Generator + projector step, D frozen: λ_GAN·L(D(G(x)), real) + NCE terms.
@@ -409,6 +440,7 @@ impl Trainer {
         if let Some(opt) = self.opt_f.as_mut() {
             opt.zero_grad();
         }
+        let forward_scope = autocast();
         let g_gan = self.gan.loss(&self.nets.d.forward(&fake_b)?, true)? * self.cfg.lambda_gan;
         // E(G(x)) and E(G(y)) in one encoder pass over the whole translation, unflipped back
         // to the sources' orientation.
@@ -433,20 +465,23 @@ impl Trainer {
             (Some(n), None) => &g_gan + n,
             _ => g_gan.shallow_clone(),
         };
+        drop(forward_scope);
         g.f_backward()?;
         if update {
             self.sync_gradients("G", &self.opt_g)?;
-            self.opt_g.step();
+            self.opt_g.step()?;
             if let Some(opt) = self.opt_f.as_ref() {
                 self.sync_gradients("F", opt)?;
             }
             if let Some(opt) = self.opt_f.as_mut() {
-                opt.step();
+                opt.step()?;
             }
         }
         self.set_d_requires_grad(true);
-        let idt_b = (fake.size()[0] > images).then(|| fake.narrow(0, images, images).detach());
-        self.visuals = Some(Visuals { real_a: a.detach(), fake_b: fake_b.detach(), real_b: b.detach(), idt_b });
+        // float32 (the bf16 path's translations are bfloat16), standard layout
+        let image = |t: &Tensor| t.detach().to_kind(Kind::Float).contiguous();
+        let idt_b = (fake.size()[0] > images).then(|| image(&fake.narrow(0, images, images)));
+        self.visuals = Some(Visuals { real_a: image(&a), fake_b: image(&fake_b), real_b: image(&b), idt_b });
         Ok(StepLosses { d, d_real, d_fake, gp, g_gan, nce, nce_y, g })
     }
 

@@ -1,0 +1,79 @@
+//! The opt-in fast path of the trainer (options `precision = "bf16"` and `channels_last`):
+//!
+//! * **bf16 autocast** around the forward passes of G and D: convolutions run in bfloat16
+//!   (torch's autocast lists; reductions, norms and losses stay float32). The projector F and
+//!   the NCE loss run in float32 on the widened taps (the trainer turns autocast off there; a
+//!   bfloat16 F measurably slowed the NCE loss's descent), and the QS-Attn and PatchNCE ops
+//!   compute in float32 anyway, so attention, entropies, the selection and the NCE logits are
+//!   float32 whatever the precision. Backward runs outside the scope (in the dtypes autocast
+//!   chose), the parameters and Adam's moments stay float32, and bfloat16's float32 exponent
+//!   range needs no loss scaling.
+//! * **channels-last**: the 4-D parameters and the input images are stored NHWC, which cuDNN's
+//!   bfloat16 convolutions read without layout transposes; the rest of the network follows
+//!   the layout of its inputs.
+use std::ffi::c_void;
+
+use tch::{Device, TchError, Tensor};
+use torch_sys::C_tensor;
+
+use crate::error::invalid;
+
+/// The trainer's numeric precision for G, D and F.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = TchError;
+    fn from_str(s: &str) -> Result<Self, TchError> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(invalid(format!("precision must be 'fp32' or 'bf16', got '{other}'"))),
+        }
+    }
+}
+
+/// While alive, autocast to bfloat16 is on for this thread's tensors of `device`'s type.
+pub struct Bf16Autocast(*mut c_void);
+
+impl Bf16Autocast {
+    /// A bf16 autocast scope for `precision = Bf16`, nothing for `Fp32`.
+    pub fn scope(precision: Precision, device: Device) -> Option<Self> {
+        (precision == Precision::Bf16).then(|| Bf16Autocast(unsafe { qs_autocast_bf16_begin(device.is_cuda()) }))
+    }
+}
+
+impl Drop for Bf16Autocast {
+    fn drop(&mut self) {
+        unsafe { qs_autocast_bf16_end(self.0) }
+    }
+}
+
+/// `t` in the channels-last memory format (a copy unless it already is; same values).
+pub fn channels_last(t: &Tensor) -> Result<Tensor, TchError> {
+    let p = unsafe { qs_channels_last(t.as_ptr()) };
+    if p.is_null() {
+        return Err(invalid(format!("a tensor of shape {:?} cannot be stored channels-last", t.size())));
+    }
+    Ok(unsafe { Tensor::from_ptr(p) })
+}
+
+/// Stores every 4-D tensor of `params` channels-last, in place (the same variables, so the
+/// optimiser and the networks see the change).
+pub fn params_to_channels_last(params: &[(String, Tensor)]) -> Result<(), TchError> {
+    let _no_grad = tch::no_grad_guard();
+    for (_, p) in params.iter().filter(|(_, p)| p.dim() == 4) {
+        let mut var = p.shallow_clone();
+        var.set_data(&channels_last(p)?);
+    }
+    Ok(())
+}
+
+extern "C" {
+    fn qs_autocast_bf16_begin(cuda: bool) -> *mut c_void;
+    fn qs_autocast_bf16_end(scope: *mut c_void);
+    fn qs_channels_last(t: *const C_tensor) -> *mut C_tensor;
+}

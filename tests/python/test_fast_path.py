@@ -1,0 +1,124 @@
+"""The trainer's opt-in fast path (options ``channels_last`` and ``precision="bf16"``) against
+the plain-PyTorch transcription (reference_cut.py): channels-last is a change of memory layout
+only, so one step and the Adam updates equal the float32 transcription; bf16 autocast changes
+the arithmetic of G, D and F, so its losses stay within bfloat16 rounding of the float32
+transcription without being equal to them. CPU always; CUDA when a GPU is present."""
+
+import json
+
+import pytest
+import torch
+
+import reference_cut as rc
+from qs_attn import _native
+from test_trainer_step import N, N_BLOCKS, NDF, NGF, SIZE, _assert_grad_close, _grad_scale, _ids, _models, _tie_free_batch
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+LOSS_KEYS = ("D", "D_fake", "D_real", "G_GAN", "NCE", "NCE_Y", "G")
+
+
+def _trainer(opt, G, D, F, device, **fast):
+    config = dict(dataroot="", name="fast-path-test", mode=opt.qs_mode, local_layout=opt.local_layout,
+                  num_patches=N, crop_size=SIZE, load_size=SIZE, ngf=NGF, ndf=NDF, n_blocks=N_BLOCKS,
+                  device=device, **fast)
+    trainer = _native.Trainer(json.dumps(config))
+    for net, module in (("G", G), ("D", D), ("F", F)):
+        trainer.load_state_dict(net, {k: v.detach().clone() for k, v in module.state_dict().items()})
+    return trainer
+
+
+def _setup(device, seed_ids, mode="global"):
+    opt, G, D, F = _models(mode)
+    real_A, real_B = _tie_free_batch(G, opt)
+    ids_x, ids_y = _ids(G, opt, seed_ids), _ids(G, opt, seed_ids + 1)
+    move = lambda ids: [t if t is None else t.to(device) for t in ids]  # noqa: E731
+    G, D, F = G.to(device), D.to(device), F.to(device)
+    return opt, G, D, F, real_A.to(device), real_B.to(device), move(ids_x), move(ids_y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_step_equals_the_transcription(device):
+    opt, G, D, F, real_A, real_B, ids_x, ids_y = _setup(device, 50)
+    trainer = _trainer(opt, G, D, F, device, channels_last=True)
+    weights = trainer.state_dict("G")
+    conv = next(w for k, w in weights.items() if w.dim() == 4 and w.shape[1] > 1 and w.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert_step_equals_the_transcription(trainer, opt, G, D, F, real_A, real_B, ids_x, ids_y)
+
+
+def assert_step_equals_the_transcription(trainer, opt, G, D, F, real_A, real_B, ids_x, ids_y):
+    """One step of ``trainer`` (without update) gives the transcription's loss terms (rel 1e-4)
+    and gradients (1e-4 of each network's gradient scale), on the transcription's device."""
+    expected = rc.one_step(G, D, F, real_A, real_B, opt, ids_x, ids_y)
+    got = trainer.step(real_A, real_B, update=False, ids_x=ids_x, ids_y=ids_y)
+    for key in LOSS_KEYS:
+        assert got[key] == pytest.approx(float(expected[key]), rel=1e-4, abs=1e-6), key
+    for net, module in (("G", G), ("D", D), ("F", F)):
+        ours, scale = trainer.gradients(net), _grad_scale(module)
+        for name, p in module.named_parameters():
+            assert ours[name].device == p.device, (net, name)
+            _assert_grad_close(ours[name], p.grad, scale, f"{net}.{name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_adam_steps_equal_torch_adam(device):
+    """The fused Adam step on channels-last weights (their gradients may arrive in another
+    layout) moves every parameter as torch.optim.Adam moves the transcription's."""
+    opt, G, D, F, real_A, real_B, ids_x, ids_y = _setup(device, 60)
+    trainer = _trainer(opt, G, D, F, device, channels_last=True)
+    optimizers = rc.make_optimizers(G, D, F, opt)
+    noise_only = set()
+    for _ in range(2):
+        rc.one_step(G, D, F, real_A, real_B, opt, ids_x, ids_y, optimizers=optimizers)
+        trainer.step(real_A, real_B, update=True, ids_x=ids_x, ids_y=ids_y)
+        for net, module in (("G", G), ("D", D), ("F", F)):
+            scale = _grad_scale(module)
+            noise_only |= {(net, n) for n, p in module.named_parameters() if float(p.grad.abs().max()) < 1e-3 * scale}
+    # A wrong update rule moves most elements by about lr = 2e-4. Channels-last convolutions
+    # sum in another order, so an element whose gradient is itself rounding-sized can take a
+    # ±lr step of the other sign: a few per thousand elements may differ by up to 2·lr.
+    for net, module in (("G", G), ("D", D), ("F", F)):
+        ours = trainer.state_dict(net)
+        for name, p in module.state_dict().items():
+            if (net, name) in noise_only:
+                continue
+            diff = (ours[name].detach().to(device) - p.detach()).abs()
+            assert float(diff.max()) <= 5e-4, f"{net}.{name}: max |diff| {float(diff.max()):.2e}"
+            assert float((diff > 1e-4).float().mean()) <= 2e-3, f"{net}.{name}: {int((diff > 1e-4).sum())} elements off"
+            assert float(diff.mean()) < 1e-6, f"{net}.{name}: mean |diff| {float(diff.mean()):.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_losses_within_bfloat16_rounding(device):
+    opt, G, D, F, real_A, real_B, ids_x, ids_y = _setup(device, 70)
+    expected = rc.one_step(G, D, F, real_A, real_B, opt, ids_x, ids_y)
+    fast = _trainer(opt, G, D, F, device, precision="bf16", channels_last=True).step(
+        real_A, real_B, update=False, ids_x=ids_x, ids_y=ids_y)
+    plain = _trainer(opt, G, D, F, device).step(real_A, real_B, update=False, ids_x=ids_x, ids_y=ids_y)
+    differs = 0
+    for key in LOSS_KEYS:
+        # bfloat16 keeps 8 significant bits (relative rounding 2^-9 per operation)
+        assert fast[key] == pytest.approx(float(expected[key]), rel=3e-2, abs=1e-3), key
+        assert plain[key] == pytest.approx(float(expected[key]), rel=1e-4, abs=1e-6), key
+        differs += fast[key] != plain[key]
+    # the convolutions really ran in bfloat16: the losses are not the float32 ones
+    assert differs >= 4, (fast, plain)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_training_keeps_float32_weights_and_images(device):
+    opt, G, D, F, real_A, real_B, ids_x, ids_y = _setup(device, 80)
+    trainer = _trainer(opt, G, D, F, device, precision="bf16", channels_last=True)
+    before = {k: v.clone() for k, v in trainer.state_dict("G").items()}
+    for _ in range(2):
+        losses = trainer.step(real_A, real_B, update=True, ids_x=ids_x, ids_y=ids_y)
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    after = trainer.state_dict("G")
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in trainer.visuals().values() if v is not None)
+
+
+def test_unknown_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
+        _native.Trainer(json.dumps(dict(dataroot="", precision="fp16")))
