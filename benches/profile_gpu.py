@@ -1,38 +1,130 @@
-"""Where the time of the two-layer global QS step goes on a GPU: per-phase wall times and the
-torch profiler's top CUDA kernels / CPU ops, for ours at the default block size. Run on the
-GPU machine (see gpu_check.sh); prints tables."""
+"""Where the GPU time goes (run on the GPU machine, see gpu_check.sh); prints tables.
+
+    python benches/profile_gpu.py ops     # the two-layer global QS step at 64²: ours at several
+                                          # block sizes (time, peak memory) vs the composition,
+                                          # kernels per step, the profiler's top kernels
+    python benches/profile_gpu.py train   # one training iteration at 256² (ours fp32, ours
+                                          # bf16 + channels-last, the transcription): wall time
+                                          # against the summed kernel time, top kernels
+
+The op block size is read once per process (QS_ATTN_BLOCK_ELEMENTS), so each block size runs
+in its own subprocess.
+"""
+import json
 import os
+import subprocess
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_ops  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    maps = lambda: [(0.05 * torch.randn(1, 256, 64, 64, device="cuda")).requires_grad_() for _ in range(2)]  # noqa: E731
-    srcs, tgts = maps(), maps()
-    step = lambda: bench_ops._qs_step("ours", "global", srcs, tgts, 256)  # noqa: E731
-    for _ in range(5):
+def _time_ms(step, iters=20, warmup=5) -> float:
+    for _ in range(warmup):
         step()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(20):
+    for _ in range(iters):
         step()
     torch.cuda.synchronize()
-    print(f"block {os.environ.get('QS_ATTN_BLOCK_ELEMENTS', 'default')}: {(time.perf_counter() - t0) / 20 * 1e3:.2f} ms/step")
-    if os.environ.get("PROFILE") != "1":
-        return
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            step()
+    return (time.perf_counter() - t0) / iters * 1e3
+
+
+def _profile(step, label: str, rows: int = 15) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15))
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    launches = sum(e.count for e in kernels)
+    gpu_ms = sum(e.self_device_time_total for e in kernels) / 1e3
+    print(f"\n## {label}: {launches} kernels, {gpu_ms:.2f} ms summed kernel time per step")
+    print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60))
+
+
+def ops_worker(impl: str) -> dict:
+    import bench_ops
+
+    torch.manual_seed(0)
+    maps = lambda: [(0.05 * torch.randn(1, 256, 64, 64, device="cuda")).requires_grad_() for _ in range(2)]  # noqa: E731
+    srcs, tgts = maps(), maps()
+    step = lambda: bench_ops._qs_step(impl, "global", srcs, tgts, 256)  # noqa: E731
+    ms = _time_ms(step)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    if os.environ.get("PROFILE") == "1":
+        _profile(step, f"QS step, {impl}, block {os.environ.get('QS_ATTN_BLOCK_ELEMENTS', 'default')}")
+    return {"ms": ms, "peak_mib": peak}
+
+
+def ops() -> None:
+    print("# two-layer global QS step at 64² (B = 1, C = 256, N = 256), fwd + bwd, mean of 20 after 5")
+    runs = [("composition", None, True), ("ours", None, True)] + [("ours", b, False) for b in (1 << 20, 1 << 22, 1 << 24)]
+    for impl, block, prof in runs:
+        env = dict(os.environ, PROFILE="1" if prof else "0")
+        if block:
+            env["QS_ATTN_BLOCK_ELEMENTS"] = str(block)
+        out = subprocess.run([sys.executable, __file__, "ops-worker", impl], env=env, capture_output=True, text=True)
+        print(out.stdout.rstrip())
+        if out.returncode != 0:
+            print(out.stderr[-2000:])
+
+
+def train_worker(impl: str) -> None:
+    import reference_cut as rc
+
+    torch.backends.cudnn.benchmark = True
+    size = 256
+    dev = torch.device("cuda")
+    opt = rc.CUTOptions(num_patches=256, qs_mode="global", local_layout="reference")
+    a, b = torch.rand(1, 3, size, size) * 2 - 1, torch.rand(1, 3, size, size) * 2 - 1
+    if impl.startswith("ours"):
+        from qs_attn import _native
+
+        fast = dict(precision="bf16", channels_last=True) if impl == "ours_fast" else {}
+        trainer = _native.Trainer(json.dumps(dict(dataroot="", crop_size=size, load_size=size, device="cuda", **fast)))
+        a, b = a.to(dev), b.to(dev)
+        step = lambda: trainer.step(a, b, update=True)  # noqa: E731
+    else:
+        G, D, F = rc.build_models(opt, image_size=(size, size), seed=0)
+        G, D, F = G.to(dev), D.to(dev), F.to(dev)
+        optimizers = rc.make_optimizers(G, D, F, opt)
+        positions = [(size + 6) ** 2, size * size, (size // 2) ** 2, (size // 4) ** 2, (size // 4) ** 2]
+        ids = [t if t is None else t.to(dev) for t in rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(0))]
+        a, b = a.to(dev), b.to(dev)
+        step = lambda: rc.one_step(G, D, F, a, b, opt, ids, ids, optimizers=optimizers)  # noqa: E731
+    ms = _time_ms(step, iters=20, warmup=5)
+    print(f"\n# training iteration, {impl}, global 256²: {ms:.1f} ms wall per iteration")
+    _profile(step, f"training iteration, {impl}", rows=20)
+
+
+def train() -> None:
+    for impl in ("ours", "ours_fast", "plain"):
+        out = subprocess.run([sys.executable, __file__, "train-worker", impl], capture_output=True, text=True)
+        print(out.stdout.rstrip())
+        if out.returncode != 0:
+            print(out.stderr[-2000:])
 
 
 if __name__ == "__main__":
-    main()
+    what = sys.argv[1] if len(sys.argv) > 1 else "ops"
+    if what == "ops":
+        ops()
+    elif what == "train":
+        train()
+    elif what == "ops-worker":
+        print(json.dumps(ops_worker(sys.argv[2])))
+    elif what == "train-worker":
+        train_worker(sys.argv[2])
+    else:
+        raise SystemExit(__doc__)

@@ -6,7 +6,11 @@ iterations after --warmup; memory = the process's peak resident set (CPU) or the
 allocator's peak (GPU).
 
     python benches/train_step.py                       # CPU, 64x64 and 128x128 images
-    python benches/train_step.py --device cuda --sizes 256 512
+    python benches/train_step.py --device cuda --configs global:256:1 none:512:1 --fast
+
+A config is mode:image size:batch ("none" = CUT, random sampling only). --fast adds a third
+process per config: ours with the opt-in fast path (bf16 autocast for G, D and F, channels-last),
+against ours in float32. On CUDA both sides run with cudnn.benchmark on (fixed shapes).
 """
 from __future__ import annotations
 
@@ -36,6 +40,9 @@ def worker(args) -> dict:
     import reference_cut as rc
 
     dev = torch.device(args.device)
+    if dev.type == "cuda":
+        # the same global switch for both sides (ours runs its convolutions in this process's libtorch)
+        torch.backends.cudnn.benchmark = True
     opt = rc.CUTOptions(num_patches=args.num_patches, qs_mode=args.mode, local_layout="reference")
     g = torch.Generator().manual_seed(1)
     batches = [(torch.rand(args.batch, 3, args.size, args.size, generator=g) * 2 - 1,
@@ -46,17 +53,19 @@ def worker(args) -> dict:
     ids = [rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(k)) for k in range(8)]
     # Both sides initialise their networks from seed 0 with the same distributions (§3.1);
     # neither builds the other's, so each process holds one set of networks.
-    if args.impl == "ours":
+    if args.impl in ("ours", "ours_fast"):
         from qs_attn import _native
 
+        fast = dict(precision="bf16", channels_last=True) if args.impl == "ours_fast" else {}
         config = dict(dataroot="", mode=args.mode, local_layout="reference", num_patches=args.num_patches,
-                      crop_size=args.size, load_size=args.size, device=args.device, seed=0)
+                      crop_size=args.size, load_size=args.size, device=args.device, seed=0, **fast)
         trainer = _native.Trainer(json.dumps(config))
 
         def step(i):
+            # Ids stay on the CPU: the trainer validates injected ids there (no device sync)
+            # and moves them itself.
             a, b = batches[i % 4]
-            trainer.step(a.to(dev), b.to(dev), update=True, ids_x=[t if t is None else t.to(dev) for t in ids[i % 8]],
-                         ids_y=[t if t is None else t.to(dev) for t in ids[(i + 1) % 8]])
+            trainer.step(a.to(dev), b.to(dev), update=True, ids_x=ids[i % 8], ids_y=ids[(i + 1) % 8])
     else:
         G, D, F = rc.build_models(opt, image_size=(args.size, args.size), seed=0)
         G, D, F = G.to(dev), D.to(dev), F.to(dev)
@@ -83,12 +92,25 @@ def worker(args) -> dict:
     return {"ms": statistics.median(times), "peak_mib": peak}
 
 
+def _run(args, impl: str, mode: str, size: int, batch: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--mode", mode,
+           "--size", str(size), "--device", args.device, "--batch", str(batch),
+           "--num-patches", str(args.num_patches), "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     p.add_argument("--modes", nargs="+", default=["global"])
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--configs", nargs="+", default=None, help="mode:size:batch (instead of sizes x modes)")
+    p.add_argument("--fast", action="store_true", help="also ours with bf16 autocast + channels-last")
+    p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--num-patches", type=int, default=256)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -102,28 +124,36 @@ def main() -> None:
         return
     import torch
 
+    configs = ([(m, int(s), int(b)) for m, s, b in (c.split(":") for c in args.configs)] if args.configs
+               else [(m, s, args.batch) for s in args.sizes for m in args.modes])
+    impls = ("plain", "ours", "ours_fast") if args.fast else ("plain", "ours")
     print(f"# training iteration: torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f", {os.cpu_count()} CPU threads"))
-    print(f"# batch {args.batch}, N = {args.num_patches}, default networks (ngf = ndf = 64, 9 blocks); "
+    print(f"# N = {args.num_patches}, default networks (ngf = ndf = 64, 9 blocks); "
           f"median of {args.iters} iterations after {args.warmup}\n")
-    print("| mode | image | plain PyTorch ms | ours ms | ratio ours/plain | plain peak MiB | ours peak MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for size in args.sizes:
-        for mode in args.modes:
-            res = {}
-            for impl in ("plain", "ours"):
-                cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--mode", mode,
-                       "--size", str(size), "--device", args.device, "--batch", str(args.batch),
-                       "--num-patches", str(args.num_patches), "--iters", str(args.iters), "--warmup", str(args.warmup)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                res[impl] = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {
-                    "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
-            if "error" in res["plain"] or "error" in res["ours"]:
-                print(f"| {mode} | {size}² | {res['plain'].get('error', '')} | {res['ours'].get('error', '')} | | | |")
-                continue
-            plain, ours = res["plain"], res["ours"]
-            print(f"| {mode} | {size}² | {plain['ms']:.0f} | {ours['ms']:.0f} | {ours['ms'] / plain['ms']:.2f} | "
-                  f"{plain['peak_mib']:.0f} | {ours['peak_mib']:.0f} |", flush=True)
+    head = "| mode | image | batch | plain PyTorch ms | ours ms | ratio ours/plain | plain peak MiB | ours peak MiB |"
+    if args.fast:
+        head += " ours bf16+CL ms | fp32/fast speed-up | ours bf16+CL peak MiB |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    results = []
+    for mode, size, batch in configs:
+        res = {impl: _run(args, impl, mode, size, batch) for impl in impls}
+        results.append(dict(mode=mode, size=size, batch=batch, **res))
+        cells = [mode, f"{size}²", str(batch)]
+        if any("error" in r for r in res.values()):
+            print("| " + " | ".join(cells + [r.get("error", "ok") for r in res.values()]) + " |", flush=True)
+            continue
+        plain, ours = res["plain"], res["ours"]
+        cells += [f"{plain['ms']:.1f}", f"{ours['ms']:.1f}", f"{ours['ms'] / plain['ms']:.2f}",
+                  f"{plain['peak_mib']:.0f}", f"{ours['peak_mib']:.0f}"]
+        if args.fast:
+            fast = res["ours_fast"]
+            cells += [f"{fast['ms']:.1f}", f"{ours['ms'] / fast['ms']:.2f}", f"{fast['peak_mib']:.0f}"]
+        print("| " + " | ".join(cells) + " |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
