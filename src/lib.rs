@@ -2,6 +2,7 @@
 //! passes, usable from Rust and, through the `qs_attn._native` extension, from PyTorch.
 pub mod autograd;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod losses;
 pub mod nets;

@@ -14,6 +14,7 @@
 //! call; initialise them with `init::init_weights` (§3.1).
 use tch::{nn, Kind, TchError, Tensor};
 
+use crate::device::to_device_async;
 use crate::error::invalid;
 use crate::ops::{self, LocalLayout, PatchSampler, QsMode, Selection};
 
@@ -131,7 +132,7 @@ impl Projector {
                     let slot_ids = match injected {
                         Some(t) => {
                             check_ids(s, t, b, h * w)?;
-                            t.f_to_device(feat.device())?
+                            to_device_async(t, feat.device())
                         }
                         None => sampler.sample(h * w, num_patches, b, self.cfg.per_image_ids, feat.device())?,
                     };

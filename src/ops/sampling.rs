@@ -4,6 +4,7 @@
 //! positions are reproducible on every device.
 use tch::{Device, Kind, TchError, Tensor};
 
+use crate::device::to_device_async;
 use crate::error::invalid;
 use crate::rng::SplitMix64;
 
@@ -56,6 +57,6 @@ impl PatchSampler {
         } else {
             Tensor::from_slice(&self.partial_permutation(num_positions, k))
         };
-        Ok(ids.to_kind(Kind::Int64).to_device(device))
+        Ok(to_device_async(&ids.to_kind(Kind::Int64), device))
     }
 }

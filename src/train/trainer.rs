@@ -25,6 +25,7 @@ use super::precision::{channels_last, params_to_channels_last, Bf16Autocast, Pre
 use super::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, NceLossPart, Owned, PatchNce, ProjectorPart};
 use super::run::RunState;
 use crate::autograd::NoAutocast;
+use crate::device::to_device_async;
 use crate::error::invalid;
 use crate::losses::{gradient_penalty, GanMode};
 use crate::nets::discriminator::{Discriminator, DiscriminatorConfig};
@@ -378,7 +379,7 @@ impl Trainer {
     /// [−1, 1]). With `update = false` the gradients are computed but no parameter changes
     /// (for comparisons with a reference); `ids` injects the random patch ids.
     pub fn step_with(&mut self, a: &Tensor, b: &Tensor, update: bool, ids: Option<InjectedIds>) -> Result<StepLosses, TchError> {
-        let (mut a, mut b) = (a.to_device(self.device), b.to_device(self.device));
+        let (mut a, mut b) = (to_device_async(a, self.device), to_device_async(b, self.device));
         if self.cfg.channels_last {
             (a, b) = (channels_last(&a)?, channels_last(&b)?);
         }
