@@ -10,17 +10,8 @@ from qs_attn import _native
 from test_fast_path import _setup, _trainer, assert_step_equals_the_transcription
 from tiny_run import TINY
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def exact_float32():
-    """TF32 convolutions (cuDNN's default) round their inputs to 10 bits: both sides would
-    agree only to ~1e-3. The flag is global to the process, ours included."""
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = before
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+              pytest.mark.usefixtures("exact_float32")]
 
 
 @pytest.mark.parametrize("mode", ["global", "local_global", "none"])
@@ -41,10 +32,15 @@ def test_cuda_run_checkpoints_resumes_and_translates(tiny_data, tmp_path):
     for k in ("epoch", "epoch_iter", "total_iters", "sampler_state", "coins_state", "opt_G.step"):
         assert meta_a[k] == meta_b[k], k
     # CUDA kernels (atomics, cuDNN's algorithm choice) are not bit-reproducible: the resumed
-    # run stays within a few Adam steps (lr = 2e-4 each) of the uninterrupted one.
+    # run stays within the 6 Adam steps of lr = 2e-4 it took. Elements whose gradient is only
+    # rounding noise (biases followed by instance norm) step ±lr at random; the weights agree
+    # on average too.
     for k in a:
         assert a[k].device.type == "cpu"
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=2e-3, msg=lambda m: f"{k}: {m}")
+        diff = (a[k].double() - b[k].double()).abs()
+        assert float(diff.max()) <= 6 * 2 * 2e-4 + 1e-5, f"{k}: max |diff| {float(diff.max()):.2e}"
+        if a[k].dim() >= 2:
+            assert float(diff.mean()) <= 2e-4, f"{k}: mean |diff| {float(diff.mean()):.2e}"
     gen_cuda = qs_attn.load_generator(full.checkpoint, device="cuda")
     gen_cpu = qs_attn.load_generator(full.checkpoint)
     x = torch.rand(2, 3, 32, 32) * 2 - 1

@@ -14,7 +14,15 @@ from qs_attn import _native
 from test_trainer_step import N, N_BLOCKS, NDF, NGF, SIZE, _assert_grad_close, _grad_scale, _ids, _models, _tie_free_batch
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+pytestmark = pytest.mark.usefixtures("exact_float32")
 LOSS_KEYS = ("D", "D_fake", "D_real", "G_GAN", "NCE", "NCE_Y", "G")
+# cuDNN's channels-last kernels on CUDA agree with the NCHW float32 transcription less closely
+# than float32 rounding, even with TF32 off: on an H200 the first convolution's weight
+# gradient (3 input channels) was off by 6.6e-4 of G's gradient scale, and the Adam-updated
+# weights by 1.7e-6 on average. The CUDA bounds below leave ~3x room over what was seen; the
+# CPU bounds are float32's.
+CHANNELS_LAST_GRAD_TOL = {"cpu": 1e-4, "cuda": 2e-3}
+CHANNELS_LAST_ADAM_MEAN = {"cpu": 1e-6, "cuda": 5e-6}
 
 
 def _trainer(opt, G, D, F, device, **fast):
@@ -43,12 +51,14 @@ def test_channels_last_step_equals_the_transcription(device):
     weights = trainer.state_dict("G")
     conv = next(w for k, w in weights.items() if w.dim() == 4 and w.shape[1] > 1 and w.shape[-1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert_step_equals_the_transcription(trainer, opt, G, D, F, real_A, real_B, ids_x, ids_y)
+    assert_step_equals_the_transcription(trainer, opt, G, D, F, real_A, real_B, ids_x, ids_y,
+                                         grad_tol=CHANNELS_LAST_GRAD_TOL[device])
 
 
-def assert_step_equals_the_transcription(trainer, opt, G, D, F, real_A, real_B, ids_x, ids_y):
+def assert_step_equals_the_transcription(trainer, opt, G, D, F, real_A, real_B, ids_x, ids_y, grad_tol=1e-4):
     """One step of ``trainer`` (without update) gives the transcription's loss terms (rel 1e-4)
-    and gradients (1e-4 of each network's gradient scale), on the transcription's device."""
+    and gradients (``grad_tol`` of each network's gradient scale), on the transcription's
+    device."""
     expected = rc.one_step(G, D, F, real_A, real_B, opt, ids_x, ids_y)
     got = trainer.step(real_A, real_B, update=False, ids_x=ids_x, ids_y=ids_y)
     for key in LOSS_KEYS:
@@ -57,7 +67,7 @@ def assert_step_equals_the_transcription(trainer, opt, G, D, F, real_A, real_B, 
         ours, scale = trainer.gradients(net), _grad_scale(module)
         for name, p in module.named_parameters():
             assert ours[name].device == p.device, (net, name)
-            _assert_grad_close(ours[name], p.grad, scale, f"{net}.{name}")
+            _assert_grad_close(ours[name], p.grad, scale, f"{net}.{name}", tol=grad_tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -85,7 +95,7 @@ def test_channels_last_adam_steps_equal_torch_adam(device):
             diff = (ours[name].detach().to(device) - p.detach()).abs()
             assert float(diff.max()) <= 5e-4, f"{net}.{name}: max |diff| {float(diff.max()):.2e}"
             assert float((diff > 1e-4).float().mean()) <= 2e-3, f"{net}.{name}: {int((diff > 1e-4).sum())} elements off"
-            assert float(diff.mean()) < 1e-6, f"{net}.{name}: mean |diff| {float(diff.mean()):.2e}"
+            assert float(diff.mean()) < CHANNELS_LAST_ADAM_MEAN[device], f"{net}.{name}: mean |diff| {float(diff.mean()):.2e}"
 
 
 @pytest.mark.parametrize("device", DEVICES)
