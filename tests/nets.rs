@@ -7,6 +7,7 @@ use qs_attn::nets::{
     init_weights, Discriminator, DiscriminatorConfig, Down, Generator, GeneratorConfig, InitType, Projector,
     ProjectorConfig, SlotSample, Up,
 };
+use qs_attn::nets::projector::StackedTerms;
 use qs_attn::ops::{self, LocalLayout, PatchSampler, QsMode};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -715,4 +716,46 @@ fn projector_modes_and_sizes() {
     assert!(f.sample_target(&small, &samples).is_err(), "target map of another size");
     let (_, f) = projector(&projector_config(16, Some(QsMode::Global), vec![3]));
     assert!(f.sample_source(&src, 4, &mut sampler, None).is_err(), "QS slot out of range");
+}
+
+/// Two NCE terms in one pass give each term exactly what its own source and target calls
+/// give: the same drawn ids (same draw order), the same selection per image, the same rows.
+#[test]
+fn projector_terms_in_one_pass_equal_separate_calls() {
+    let terms = [(maps(90), maps(91)), (maps(92), maps(93))];
+    let stacked = |pick: fn(&(Vec<Tensor>, Vec<Tensor>)) -> &Vec<Tensor>| -> Vec<Tensor> {
+        (0..CHANNELS.len()).map(|s| Tensor::cat(&[&pick(&terms[0])[s], &pick(&terms[1])[s]], 0)).collect()
+    };
+    let (feat_k, feat_q) = (stacked(|t| &t.0), stacked(|t| &t.1));
+    for (mode, per_image) in [(None, false), (Some(QsMode::Global), false), (Some(QsMode::Global), true), (Some(QsMode::Local), false)]
+    {
+        let cfg = ProjectorConfig { per_image_ids: per_image, ..projector_config(16, mode, vec![2]) };
+        let (_, f) = projector(&cfg);
+        let mut sampler = PatchSampler::new(7);
+        let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, term_images: &[2, 2], ids: &[None, None] };
+        let together = f.keys_and_queries_of_terms(&stacked, 5, &mut sampler).unwrap();
+        let mut sampler = PatchSampler::new(7);
+        for (t, (src, tgt)) in terms.iter().enumerate() {
+            let (keys, samples) = f.sample_source(src, 5, &mut sampler, None).unwrap();
+            let queries = f.sample_target(tgt, &samples).unwrap();
+            for s in 0..CHANNELS.len() {
+                let what = format!("mode {mode:?}, per-image {per_image}, term {t}, slot {s}");
+                assert_close(&format!("{what} keys"), &together[t].0[s], &keys[s], 1e-6);
+                assert_close(&format!("{what} queries"), &together[t].1[s], &queries[s], 1e-6);
+            }
+        }
+    }
+    // injected ids per term, shared (N,) for one term and per image (B, N) for the other
+    let (_, f) = projector(&projector_config(16, Some(QsMode::Global), vec![2]));
+    let shared = [Some(Tensor::from_slice(&[0i64, 5, 9])), Some(Tensor::from_slice(&[1i64, 2, 3])), None];
+    let per_image = [Some(Tensor::from_slice(&[4i64, 2, 7, 8, 1, 0]).view([2, 3])), Some(Tensor::from_slice(&[6i64, 5, 4])), None];
+    let stacked =
+        StackedTerms { feat_k: &feat_k, feat_q: &feat_q, term_images: &[2, 2], ids: &[Some(&shared), Some(&per_image)] };
+    let together = f.keys_and_queries_of_terms(&stacked, 3, &mut PatchSampler::new(1)).unwrap();
+    for (t, ((src, _), ids)) in terms.iter().zip([&shared, &per_image]).enumerate() {
+        let (keys, _) = f.sample_source(src, 3, &mut PatchSampler::new(1), Some(ids)).unwrap();
+        for s in 0..2 {
+            assert_close(&format!("injected, term {t}, slot {s}"), &together[t].0[s], &keys[s], 1e-6);
+        }
+    }
 }

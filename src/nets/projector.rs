@@ -106,6 +106,20 @@ impl Projector {
         sampler: &mut PatchSampler,
         ids: Option<&[Option<Tensor>]>,
     ) -> Result<(Vec<Tensor>, Vec<SlotSample>), TchError> {
+        let slot_ids = self.slot_ids(feats, num_patches, sampler, ids)?;
+        self.sample_source_at(feats, num_patches, &slot_ids)
+    }
+
+    /// The random slots' patch ids for a source call on `feats` (`None` at the QS slots):
+    /// `ids[s]` when given (checked against the map), else drawn with `sampler`, slot by slot;
+    /// on the maps' device.
+    pub fn slot_ids(
+        &self,
+        feats: &[Tensor],
+        num_patches: i64,
+        sampler: &mut PatchSampler,
+        ids: Option<&[Option<Tensor>]>,
+    ) -> Result<Vec<Option<Tensor>>, TchError> {
         self.check_maps(feats)?;
         if num_patches < 1 {
             return Err(invalid(format!("num_patches must be >= 1, got {num_patches}")));
@@ -115,34 +129,94 @@ impl Projector {
                 return Err(invalid(format!("ids has {} entries for {} feature maps", ids.len(), feats.len())));
             }
         }
+        let mut out = Vec::with_capacity(feats.len());
+        for (s, feat) in feats.iter().enumerate() {
+            if self.cfg.mode.is_some() && self.is_qs_slot(s) {
+                out.push(None);
+                continue;
+            }
+            let (b, _, h, w) = feat.size4()?;
+            out.push(Some(match ids.and_then(|ids| ids[s].as_ref()) {
+                Some(t) => {
+                    check_ids(s, t, b, h * w)?;
+                    to_device_async(t, feat.device())
+                }
+                None => sampler.sample(h * w, num_patches, b, self.cfg.per_image_ids, feat.device())?,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// [`Projector::sample_source`] with the random slots' ids already resolved
+    /// ([`Projector::slot_ids`]; trusted: not checked again).
+    pub fn sample_source_at(
+        &self,
+        feats: &[Tensor],
+        num_patches: i64,
+        slot_ids: &[Option<Tensor>],
+    ) -> Result<(Vec<Tensor>, Vec<SlotSample>), TchError> {
+        self.check_maps(feats)?;
         let mut rows = Vec::with_capacity(feats.len());
         let mut samples = Vec::with_capacity(feats.len());
-        for (s, feat) in feats.iter().enumerate() {
-            let (b, _, h, w) = feat.size4()?;
-            let (slot_rows, sample) = match self.cfg.mode.filter(|_| self.is_qs_slot(s)) {
-                Some(mode) => {
+        for (s, (feat, ids)) in feats.iter().zip(slot_ids).enumerate() {
+            let (_, _, h, w) = feat.size4()?;
+            let (slot_rows, sample) = match (self.cfg.mode.filter(|_| self.is_qs_slot(s)), ids) {
+                (Some(mode), _) => {
                     // The reference slices the first N of the sorted rows, so P < N takes all P
                     // rows; its local mode fails instead (Q9), and qs_select rejects N > P there.
                     let n = if mode == QsMode::Local { num_patches } else { num_patches.min(h * w) };
                     let sel = ops::qs_select(feat, n, mode, self.cfg.window, self.cfg.layout, self.cfg.detach_attn)?;
                     (ops::qs_route(feat, &sel)?.f_flatten(0, 1)?, SlotSample::Qs(sel))
                 }
-                None => {
-                    let injected = ids.and_then(|ids| ids[s].as_ref());
-                    let slot_ids = match injected {
-                        Some(t) => {
-                            check_ids(s, t, b, h * w)?;
-                            to_device_async(t, feat.device())
-                        }
-                        None => sampler.sample(h * w, num_patches, b, self.cfg.per_image_ids, feat.device())?,
-                    };
-                    (gather_rows(feat, &slot_ids)?, SlotSample::Random { ids: slot_ids, positions: h * w })
-                }
+                (None, Some(ids)) => (gather_rows(feat, ids)?, SlotSample::Random { ids: ids.shallow_clone(), positions: h * w }),
+                (None, None) => return Err(invalid(format!("slot {s} is a random slot but has no patch ids"))),
             };
             rows.push(self.project(s, &slot_rows)?);
             samples.push(sample);
         }
         Ok((rows, samples))
+    }
+
+    /// Several NCE terms in one pass (the trainer's L_NCE(x, G(x)) and L_NCE(y, G(y))): the
+    /// source maps `feat_k` and translated maps `feat_q` hold the terms' images one after the
+    /// other (`term_images[t]` each). Each term's ids are resolved as its own source call would
+    /// (`ids[t]` or drawn, in term order), shared ids are repeated per image, and one source and
+    /// one target call run on all the images: selection, attention and negatives are per image,
+    /// so every term's rows equal those of its own calls, with half the kernel launches for two
+    /// terms. Returns per term the keys and queries per slot.
+    pub fn keys_and_queries_of_terms(
+        &self,
+        terms: &StackedTerms,
+        num_patches: i64,
+        sampler: &mut PatchSampler,
+    ) -> Result<Vec<KeysAndQueries>, TchError> {
+        let StackedTerms { feat_k, feat_q, term_images, ids } = *terms;
+        let mut per_term = Vec::with_capacity(term_images.len());
+        for ((from, images), term_ids) in term_ranges(term_images).into_iter().zip(ids) {
+            let slot_ids = self.slot_ids(&narrow_images(feat_k, from, images), num_patches, sampler, *term_ids)?;
+            // per image: (N,) shared by the term's images → (images, N)
+            let per_image = |t: Tensor| if t.dim() == 1 { t.unsqueeze(0).expand([images, -1], false) } else { t };
+            per_term.push(slot_ids.into_iter().map(|t| t.map(per_image)).collect::<Vec<_>>());
+        }
+        let slot_ids: Vec<Option<Tensor>> = (0..feat_k.len())
+            .map(|s| {
+                let parts: Option<Vec<&Tensor>> = per_term.iter().map(|ids| ids[s].as_ref()).collect();
+                parts.map(|parts| Tensor::cat(&parts, 0))
+            })
+            .collect();
+        let (keys, samples) = self.sample_source_at(feat_k, num_patches, &slot_ids)?;
+        let queries = self.sample_target(feat_q, &samples)?;
+        let total: i64 = term_images.iter().sum();
+        Ok(term_ranges(term_images)
+            .into_iter()
+            .map(|(from, images)| {
+                let rows = |t: &Tensor| {
+                    let per_image = t.size()[0] / total;
+                    t.narrow(0, from * per_image, images * per_image)
+                };
+                (keys.iter().map(rows).collect(), queries.iter().map(rows).collect())
+            })
+            .collect())
     }
 
     /// Target call on the translated maps: the source call's positions (random slots) or
@@ -217,6 +291,38 @@ impl Projector {
         let norm = v.f_square()?.f_sum_dim_intlist(-1, true, v.kind())?.f_sqrt()?;
         v.f_div(&norm.f_add_scalar(NORM_EPS)?)
     }
+}
+
+/// Several NCE terms' maps with their images stacked one after the other: term t has
+/// `term_images[t]` images, and `ids[t]` injects its random patch ids.
+#[derive(Clone, Copy)]
+pub struct StackedTerms<'a> {
+    /// Source maps (the keys' side), one per slot.
+    pub feat_k: &'a [Tensor],
+    /// Translated maps (the queries' side), one per slot.
+    pub feat_q: &'a [Tensor],
+    pub term_images: &'a [i64],
+    pub ids: &'a [Option<&'a [Option<Tensor>]>],
+}
+
+/// Per slot, the keys and the queries of one NCE term.
+pub type KeysAndQueries = (Vec<Tensor>, Vec<Tensor>);
+
+/// `(first image, images)` of each term whose images are stacked one after the other.
+pub fn term_ranges(term_images: &[i64]) -> Vec<(i64, i64)> {
+    let mut from = 0;
+    term_images
+        .iter()
+        .map(|&images| {
+            from += images;
+            (from - images, images)
+        })
+        .collect()
+}
+
+/// Images `from..from + images` of every map (views).
+pub fn narrow_images(maps: &[Tensor], from: i64, images: i64) -> Vec<Tensor> {
+    maps.iter().map(|f| f.narrow(0, from, images)).collect()
 }
 
 /// Checks sampled ids: int64, `(N,)` or `(B, N)`, values in `0..P`.

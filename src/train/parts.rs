@@ -10,6 +10,7 @@
 use tch::{nn, TchError, Tensor};
 
 use crate::losses::{gan_loss, GanMode};
+use crate::nets::projector::{narrow_images, term_ranges, KeysAndQueries, StackedTerms};
 use crate::nets::{Discriminator, Generator, Projector};
 use crate::ops::{patch_nce_loss, PatchSampler, Reduction};
 
@@ -49,6 +50,23 @@ pub trait ProjectorPart: Network {
         sampler: &mut PatchSampler,
         ids: Option<&[Option<Tensor>]>,
     ) -> Result<(Vec<Tensor>, Vec<Tensor>), TchError>;
+
+    /// Several NCE terms at once, their images stacked one after the other in the maps.
+    /// Returns per term the keys and queries per layer. This default makes one
+    /// `keys_and_queries` call per term on its images; the built-in projector batches them.
+    fn keys_and_queries_of_terms(
+        &self,
+        terms: &StackedTerms,
+        num_patches: i64,
+        sampler: &mut PatchSampler,
+    ) -> Result<Vec<KeysAndQueries>, TchError> {
+        let mut out = Vec::with_capacity(terms.term_images.len());
+        for ((from, images), term_ids) in term_ranges(terms.term_images).into_iter().zip(terms.ids) {
+            let (k, q) = (narrow_images(terms.feat_k, from, images), narrow_images(terms.feat_q, from, images));
+            out.push(self.keys_and_queries(&k, &q, num_patches, sampler, *term_ids)?);
+        }
+        Ok(out)
+    }
 }
 
 /// A GAN objective: the scalar loss of a discriminator prediction against the real or fake label.
@@ -115,6 +133,15 @@ impl ProjectorPart for Owned<Projector> {
         let (keys, samples) = self.net.sample_source(feat_k, num_patches, sampler, ids)?;
         let queries = self.net.sample_target(feat_q, &samples)?;
         Ok((keys, queries))
+    }
+
+    fn keys_and_queries_of_terms(
+        &self,
+        terms: &StackedTerms,
+        num_patches: i64,
+        sampler: &mut PatchSampler,
+    ) -> Result<Vec<KeysAndQueries>, TchError> {
+        self.net.keys_and_queries_of_terms(terms, num_patches, sampler)
     }
 }
 

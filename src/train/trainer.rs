@@ -31,7 +31,7 @@ use crate::losses::{gradient_penalty, GanMode};
 use crate::nets::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::nets::generator::{Generator, GeneratorConfig};
 use crate::nets::init::{init_weights, InitType};
-use crate::nets::projector::{Projector, ProjectorConfig};
+use crate::nets::projector::{Projector, ProjectorConfig, StackedTerms};
 use crate::ops::{LocalLayout, PatchSampler, QsMode};
 use crate::rng::SplitMix64;
 
@@ -341,10 +341,21 @@ impl Trainer {
         self.opt_d.set_requires_grad(on);
     }
 
-    /// `L_NCE(src, tgt) = (1/L) Σ_s λ_NCE · L_nce(q_s, k_s)` over the L tapped layers (spec §9):
-    /// positions and attention chosen on `feat_k` = E(src), applied to `feat_q` = E(tgt).
-    fn nce_loss(&mut self, feat_k: &[Tensor], feat_q: &[Tensor], ids: Option<&[Option<Tensor>]>) -> Result<Tensor, TchError> {
-        let layers = &self.cfg.nce_layers;
+    /// Per NCE term t, `L_NCE(src_t, tgt_t) = (1/L) Σ_s λ_NCE · L_nce(q_s, k_s)` over the L
+    /// tapped layers (spec §9): positions and attention chosen on `feat_k` = E(src_t), applied
+    /// to `feat_q` = E(tgt_t). The terms' images are stacked in `feat_k` / `feat_q`
+    /// (`term_images[t]` each) and go through F together; `ids[t]` injects a term's patch ids.
+    fn nce_losses(
+        &mut self,
+        feat_k: &[Tensor],
+        feat_q: &[Tensor],
+        term_images: &[i64],
+        ids: &[Option<&[Option<Tensor>]>],
+    ) -> Result<Vec<Tensor>, TchError> {
+        let layers = self.cfg.nce_layers.len();
+        if layers == 0 {
+            return Err(invalid("nce_layers is empty"));
+        }
         // F and the NCE loss run in float32 whatever the precision of G and D: with the bf16
         // fast path the taps arrive in bfloat16 and are widened here (autocast stays off inside).
         let _float32 = NoAutocast::new();
@@ -354,17 +365,18 @@ impl Trainer {
                 .collect()
         };
         let (feat_k, feat_q) = (widen(feat_k), widen(feat_q));
-        let (keys, queries) = self.nets.f.keys_and_queries(&feat_k, &feat_q, self.cfg.num_patches, &mut self.sampler, ids)?;
-        let images = feat_q[0].size()[0];
-        let mut total: Option<Tensor> = None;
-        for (q, k) in queries.iter().zip(&keys) {
-            let term = self.nce.loss(q, k, images)? * self.cfg.lambda_nce;
-            total = Some(match total {
-                Some(t) => t + term,
-                None => term,
-            });
+        let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, term_images, ids };
+        let terms = self.nets.f.keys_and_queries_of_terms(&stacked, self.cfg.num_patches, &mut self.sampler)?;
+        let mut losses = Vec::with_capacity(terms.len());
+        for ((keys, queries), &images) in terms.iter().zip(term_images) {
+            let mut per_layer = Vec::with_capacity(layers);
+            for (q, k) in queries.iter().zip(keys) {
+                per_layer.push(self.nce.loss(q, k, images)?);
+            }
+            // Σ_s λ·L_s / L, with the scalars applied once to the sum
+            losses.push(Tensor::stack(&per_layer, 0).sum(per_layer[0].kind()) * (self.cfg.lambda_nce / layers as f64));
         }
-        Ok(total.ok_or_else(|| invalid("nce_layers is empty"))? / layers.len() as f64)
+        Ok(losses)
     }
 
     /// Averages the gradients of `opt`'s parameters across processes (distributed runs).
@@ -388,27 +400,18 @@ impl Trainer {
         let (precision, device) = (self.precision, self.device);
         let autocast = move || Bf16Autocast::scope(precision, device);
         let forward_scope = autocast();
-        let mut real = if self.cfg.nce_idt && self.cfg.lambda_nce > 0.0 { Tensor::cat(&[&a, &b], 0) } else { a.shallow_clone() };
+        // x, or [x; y] when the identity term L_NCE(y, G(y)) is on
+        let sources = if self.cfg.nce_idt && self.cfg.lambda_nce > 0.0 { Tensor::cat(&[&a, &b], 0) } else { a.shallow_clone() };
         let flipped = self.cfg.flip_equivariance && self.coins.below(2) == 1;
-        if flipped {
-            real = real.flip([3]);
-        }
-        // The taps of the real images in the generator's own pass are E(x) and E(y) (instance
-        // norm is per image), so the NCE terms need no extra encoder pass on the sources
-        // (Q11); with a flipped input they are not, and the sources are encoded unflipped.
+        let real = if flipped { sources.flip([3]) } else { sources.shallow_clone() };
         let (fake, real_taps) = self.nets.g.forward_with_taps(&real, &self.cfg.nce_layers)?;
-        let source_taps = |from: i64, src: &Tensor| -> Result<Vec<Tensor>, TchError> {
-            if flipped {
-                self.nets.g.encode(src, &self.cfg.nce_layers)
-            } else {
-                Ok(real_taps.iter().map(|t| t.narrow(0, from, images)).collect())
-            }
-        };
-        let (feat_x, feat_y) = if self.cfg.lambda_nce > 0.0 {
-            let feat_y = if real.size()[0] > images { Some(source_taps(images, &b)?) } else { None };
-            (Some(source_taps(0, &a)?), feat_y)
-        } else {
-            (None, None)
+        // E(x) [and E(y)], the NCE terms' source features: the taps of the generator's own pass
+        // (instance norm is per image, so no extra encoder pass, Q11); with a flipped input they
+        // are not, and the sources are encoded unflipped, in one pass.
+        let source_feats = match (self.cfg.lambda_nce > 0.0, flipped) {
+            (false, _) => None,
+            (true, false) => Some(real_taps),
+            (true, true) => Some(self.nets.g.encode(&sources, &self.cfg.nce_layers)?),
         };
         let fake_b = fake.narrow(0, 0, images);
 
@@ -445,19 +448,21 @@ impl Trainer {
         let g_gan = self.gan.loss(&self.nets.d.forward(&fake_b)?, true)? * self.cfg.lambda_gan;
         // E(G(x)) and E(G(y)) in one encoder pass over the whole translation, unflipped back
         // to the sources' orientation.
-        let (nce, nce_y) = match &feat_x {
-            Some(feat_x) => {
+        let (nce, nce_y) = match &source_feats {
+            Some(feat_k) => {
                 let mut fake_taps = self.nets.g.encode(&fake, &self.cfg.nce_layers)?;
                 if flipped {
                     fake_taps = fake_taps.iter().map(|f| f.flip([3])).collect();
                 }
-                let part = |from: i64| -> Vec<Tensor> { fake_taps.iter().map(|t| t.narrow(0, from, images)).collect() };
-                let nce = self.nce_loss(feat_x, &part(0), ids.as_ref().map(|i| i.x))?;
-                let nce_y = match &feat_y {
-                    Some(feat_y) => Some(self.nce_loss(feat_y, &part(images), ids.as_ref().map(|i| i.y))?),
-                    None => None,
+                // the x term, and the y term when the batch holds [x; y]: F and the NCE loss
+                // see both at once
+                let terms = (sources.size()[0] / images) as usize;
+                let term_ids: Vec<Option<&[Option<Tensor>]>> = match &ids {
+                    Some(i) => vec![Some(i.x), Some(i.y)],
+                    None => vec![None, None],
                 };
-                (Some(nce), nce_y)
+                let mut losses = self.nce_losses(feat_k, &fake_taps, &vec![images; terms], &term_ids[..terms])?.into_iter();
+                (losses.next(), losses.next())
             }
             None => (None, None),
         };
