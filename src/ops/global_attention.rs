@@ -10,20 +10,32 @@ use super::check;
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
 
-/// Elements of one `rows × P` block of logits: bounds the working memory of the entropy pass
-/// and of routing (two such buffers live at once). Larger on CUDA, where kernel launches are
-/// the cost. The environment variable `QS_ATTN_BLOCK_ELEMENTS` overrides it (read once), to
-/// trade memory for fewer, larger kernels.
-pub fn block_elements(device: Device) -> i64 {
+/// `QS_ATTN_BLOCK_ELEMENTS`, read once: a fixed block size (elements of one `rows × P` block)
+/// for every device, to trade memory for fewer, larger kernels when tuning.
+fn block_override() -> Option<i64> {
     static OVERRIDE: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
-    let fixed = OVERRIDE.get_or_init(|| {
+    *OVERRIDE.get_or_init(|| {
         std::env::var("QS_ATTN_BLOCK_ELEMENTS").ok().and_then(|v| v.parse::<i64>().ok()).filter(|&v| v > 0)
-    });
-    fixed.unwrap_or(match device {
+    })
+}
+
+/// Elements of one block of work: bounds the working memory of the blocked passes (two such
+/// buffers live at once). Larger on CUDA, where kernel launches are the cost. The local
+/// window passes use it as is; the global attention's blocks, see [`row_block`].
+pub fn block_elements(device: Device) -> i64 {
+    block_override().unwrap_or(match device {
         Device::Cuda(_) => 1 << 21,
         _ => 1 << 18,
     })
 }
+
+/// On CUDA a global-attention block holds up to this many query rows (of every image of the
+/// batch), within [`CUDA_GLOBAL_BLOCK_ELEMENTS`]: the entropy pass over 64×64 maps
+/// (P = 4096) of one or two images takes 4 blocks instead of 8 or 16, over 128×128 maps
+/// (512² images) 32 or 64 instead of 128 or 256 (each block is 4 kernel launches, and a
+/// training step is launch-bound on a GPU), for blocks of at most 32 MiB (float32).
+const CUDA_GLOBAL_MAX_ROWS: i64 = 1024;
+const CUDA_GLOBAL_BLOCK_ELEMENTS: i64 = 1 << 23;
 
 /// Entropy of each softmax row with the reference's formula (spec §8.1 step 3, Q6):
 /// `p = softmax(s)`, `H = Σ p·φ(p)` with `φ(p) = −ln p` and `φ(0) = 0`, i.e. `Σ entr(p)` with
@@ -36,9 +48,15 @@ pub fn softmax_entropy(logits: Tensor) -> Tensor {
     p.special_entr().sum_dim_intlist(-1, false, p.kind())
 }
 
-/// Query rows per block so that one `rows × P` block stays within `block_elements`.
+/// Query rows per block so that one `B × rows × P` block stays within the block size: on
+/// CUDA up to [`CUDA_GLOBAL_MAX_ROWS`] rows within [`CUDA_GLOBAL_BLOCK_ELEMENTS`], elsewhere
+/// (and with `QS_ATTN_BLOCK_ELEMENTS` set) within [`block_elements`].
 fn row_block(b: i64, p: i64, n: i64, device: Device) -> i64 {
-    (block_elements(device) / (b * p)).clamp(1, n)
+    let rows = match (block_override(), device) {
+        (None, Device::Cuda(_)) => (CUDA_GLOBAL_BLOCK_ELEMENTS / (b * p)).min(CUDA_GLOBAL_MAX_ROWS),
+        _ => block_elements(device) / (b * p),
+    };
+    rows.clamp(1, n)
 }
 
 /// `H[b, i]` = entropy of row i of `softmax(X_b X_bᵀ)` for every position (no gradient).
