@@ -120,3 +120,28 @@ fn gradient_penalty_rejects_bad_input() {
     let constant = |x: &Tensor| Ok(Tensor::zeros([x.size()[0]], (Kind::Double, Device::Cpu)).set_requires_grad(true));
     assert!(gradient_penalty(&constant, &real, &real, 1.0).is_err(), "D does not depend on its input");
 }
+
+/// The built-in PatchNCE part's losses of several groups in one pass equal one call per
+/// group, values and gradients; groups of differing shapes take one call each.
+#[test]
+fn patch_nce_groups_in_one_pass_equal_one_call_per_group() {
+    use qs_attn::train::parts::{NceLossPart, PatchNce};
+    let nce = PatchNce { tau: 0.07 };
+    let rows = |seed: i64, n: i64| (randn(seed, &[2 * n, 8]) * 0.5).set_requires_grad(true);
+    for shapes in [[4i64, 4, 4], [4, 3, 4]] {
+        let groups: Vec<(Tensor, Tensor)> = shapes.iter().enumerate().map(|(g, &n)| (rows(2 * g as i64, n), rows(2 * g as i64 + 1, n))).collect();
+        let together = nce.losses(&groups, 2).unwrap();
+        assert_eq!(together.size(), [3]);
+        let weights = Tensor::from_slice(&[1.0f64, -2.0, 0.5]);
+        (&together * &weights).sum(Kind::Double).backward();
+        let grads: Vec<Tensor> = groups.iter().map(|(q, _)| q.grad().copy()).collect();
+        for (g, (q, k)) in groups.iter().enumerate() {
+            let (q1, k1) = (q.detach().set_requires_grad(true), k.detach().set_requires_grad(true));
+            let alone = nce.loss(&q1, &k1, 2).unwrap();
+            assert_rel(&format!("{shapes:?} group {g}"), together.double_value(&[g as i64]), value(&alone), 1e-12);
+            (alone * weights.double_value(&[g as i64])).backward();
+            let diff = (q1.grad() - &grads[g]).abs().max().double_value(&[]);
+            assert!(diff < 1e-12, "{shapes:?} group {g}: gradient differs by {diff}");
+        }
+    }
+}

@@ -78,6 +78,20 @@ pub trait GanLossPart: Send {
 /// returns a scalar (the trainer weights it by λ_NCE and averages over the layers).
 pub trait NceLossPart: Send {
     fn loss(&self, queries: &Tensor, keys: &Tensor, num_images: i64) -> Result<Tensor, TchError>;
+
+    /// The losses of several groups at once (the trainer's layers of every NCE term):
+    /// `groups[g]` = (queries, keys) of `num_images` images. Returns the 1-D tensor of the
+    /// groups' losses. This default makes one `loss` call per group; the built-in PatchNCE
+    /// evaluates groups of one shape in one pass.
+    fn losses(&self, groups: &[(Tensor, Tensor)], num_images: i64) -> Result<Tensor, TchError> {
+        one_call_per_group(self, groups, num_images)
+    }
+}
+
+/// `[part.loss(q, k, num_images) for (q, k) in groups]` as a 1-D tensor.
+fn one_call_per_group<P: NceLossPart + ?Sized>(part: &P, groups: &[(Tensor, Tensor)], num_images: i64) -> Result<Tensor, TchError> {
+    let each = groups.iter().map(|(q, k)| part.loss(q, k, num_images)).collect::<Result<Vec<_>, _>>()?;
+    Tensor::f_stack(&each, 0)
 }
 
 /// A Rust network with the variable store that owns its parameters.
@@ -160,5 +174,19 @@ pub struct PatchNce {
 impl NceLossPart for PatchNce {
     fn loss(&self, queries: &Tensor, keys: &Tensor, num_images: i64) -> Result<Tensor, TchError> {
         patch_nce_loss(queries, keys, self.tau, num_images, Reduction::Mean, true)
+    }
+
+    /// Groups of one shape are stacked as more images of one PatchNCE call (negatives are per
+    /// image, so each group's rows see only their own image's keys): per-row losses, then the
+    /// mean of each group's rows. Groups of differing shapes take one call each.
+    fn losses(&self, groups: &[(Tensor, Tensor)], num_images: i64) -> Result<Tensor, TchError> {
+        let same_shape = groups.windows(2).all(|w| w[0].0.size() == w[1].0.size() && w[0].1.size() == w[1].1.size());
+        if groups.len() < 2 || !same_shape {
+            return one_call_per_group(self, groups, num_images);
+        }
+        let (queries, keys): (Vec<&Tensor>, Vec<&Tensor>) = groups.iter().map(|(q, k)| (q, k)).unzip();
+        let (q, k) = (Tensor::f_cat(&queries, 0)?, Tensor::f_cat(&keys, 0)?);
+        let per_row = patch_nce_loss(&q, &k, self.tau, num_images * groups.len() as i64, Reduction::None, true)?;
+        per_row.f_view([groups.len() as i64, -1])?.f_mean_dim(1, false, None)
     }
 }

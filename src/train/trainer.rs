@@ -367,16 +367,19 @@ impl Trainer {
         let (feat_k, feat_q) = (widen(feat_k), widen(feat_q));
         let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, term_images, ids };
         let terms = self.nets.f.keys_and_queries_of_terms(&stacked, self.cfg.num_patches, &mut self.sampler)?;
-        let mut losses = Vec::with_capacity(terms.len());
-        for ((keys, queries), &images) in terms.iter().zip(term_images) {
-            let mut per_layer = Vec::with_capacity(layers);
-            for (q, k) in queries.iter().zip(keys) {
-                per_layer.push(self.nce.loss(q, k, images)?);
-            }
-            // Σ_s λ·L_s / L, with the scalars applied once to the sum
-            losses.push(Tensor::stack(&per_layer, 0).sum(per_layer[0].kind()) * (self.cfg.lambda_nce / layers as f64));
+        if term_images.windows(2).any(|w| w[0] != w[1]) {
+            return Err(invalid(format!("NCE terms of unequal batches: {term_images:?}")));
         }
-        Ok(losses)
+        // every (term, layer) group in one call of the loss, term-major
+        let groups: Vec<(Tensor, Tensor)> = terms
+            .into_iter()
+            .flat_map(|(keys, queries)| queries.into_iter().zip(keys))
+            .collect();
+        let per_group = self.nce.losses(&groups, term_images[0])?;
+        // Σ_s λ·L_s / L per term
+        let per_term = per_group.f_view([term_images.len() as i64, layers as i64])?.f_sum_dim_intlist(1, false, None)?
+            * (self.cfg.lambda_nce / layers as f64);
+        Ok((0..term_images.len() as i64).map(|t| per_term.get(t)).collect())
     }
 
     /// Averages the gradients of `opt`'s parameters across processes (distributed runs).
