@@ -204,6 +204,11 @@ impl Projector {
                 parts.map(|parts| Tensor::cat(&parts, 0))
             })
             .collect();
+        // Keys and queries go through the MLPs separately, as in the reference: a row of zero
+        // features projects to the zero vector while the biases are 0 (at initialisation),
+        // and its L2 normalisation has no gradient there (0/0). No backward pass reaches the
+        // keys (PatchNCE detaches them), so such key rows are harmless only while they stay
+        // out of the queries' graph.
         let (keys, samples) = self.sample_source_at(feat_k, num_patches, &slot_ids)?;
         let queries = self.sample_target(feat_q, &samples)?;
         let total: i64 = term_images.iter().sum();
