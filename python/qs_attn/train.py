@@ -39,7 +39,9 @@ def train(
             ``lr``, ``beta1``, ``beta2``, ``ngf``, ``ndf``, ``n_blocks``, ``init_type``,
             ``init_gain``, ``flip_equivariance``, ``no_flip``, ``direction``, ``netF_nc`` — and
             ours: ``local_layout``, ``window``, ``qs_slots``, ``per_image_ids``, ``lambda_gp``,
-            ``device`` ("cpu", "cuda", "cuda:N"), ``seed``, ``max_iters``, ``checkpoints_dir``,
+            ``device`` ("cpu", "cuda", "cuda:N"), ``precision`` ("fp32", or "bf16": G and D
+            under bfloat16 autocast, F and the NCE loss in float32), ``channels_last``,
+            ``cudnn_benchmark`` (default on), ``seed``, ``max_iters``, ``checkpoints_dir``,
             ``print_freq``, ``display_freq``, ``save_latest_freq``, ``save_epoch_freq``,
             ``num_samples``, ``num_threads``; and the parts of :class:`qs_attn.Trainer`
             (``generator``, ``discriminator``, ``projector``, ``gan_loss``, ``nce_loss``,
