@@ -49,23 +49,18 @@ impl Adam {
 
     // t ← t + 1;  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²
     // p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
-    // One fused kernel for all parameters (`_fused_adam_`, csrc/fused_adam.cpp): the update of
+    // One fused kernel for all parameters (`_fused_adam_`, csrc/optimizer.cpp): the update of
     // torch.optim.Adam(fused=True), bit for bit equal to its single-tensor form on CPU; on CUDA
     // it replaces ~10 small kernels per parameter by one launch per optimiser.
     pub fn step(&mut self) -> Result<(), TchError> {
-        let mut with_grad = Vec::with_capacity(self.params.len());
-        for (i, (_, p)) in self.params.iter().enumerate() {
-            let g = p.grad();
-            if g.defined() {
-                with_grad.push((i, p.as_ptr(), g));
-            }
-        }
+        // the parameters that have a gradient, with it
+        let with_grad: Vec<(usize, Tensor)> =
+            self.params.iter().enumerate().map(|(i, (_, p))| (i, p.grad())).filter(|(_, g)| g.defined()).collect();
         self.step += 1;
-        let ptrs = |each: &dyn Fn(usize) -> *const C_tensor| with_grad.iter().map(|(i, _, _)| each(*i)).collect::<Vec<_>>();
-        let params: Vec<*const C_tensor> = with_grad.iter().map(|(_, p, _)| *p).collect();
-        let grads: Vec<*const C_tensor> = with_grad.iter().map(|(_, _, g)| g.as_ptr()).collect();
-        let exp_avg = ptrs(&|i| self.exp_avg[i].as_ptr());
-        let exp_avg_sq = ptrs(&|i| self.exp_avg_sq[i].as_ptr());
+        let ptrs = |of: &[Tensor]| -> Vec<*const C_tensor> { with_grad.iter().map(|(i, _)| of[*i].as_ptr()).collect() };
+        let params: Vec<*const C_tensor> = with_grad.iter().map(|(i, _)| self.params[*i].1.as_ptr()).collect();
+        let grads: Vec<*const C_tensor> = with_grad.iter().map(|(_, g)| g.as_ptr()).collect();
+        let (exp_avg, exp_avg_sq) = (ptrs(&self.exp_avg), ptrs(&self.exp_avg_sq));
         let error = unsafe {
             qs_fused_adam(
                 params.as_ptr(),
