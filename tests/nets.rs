@@ -732,7 +732,7 @@ fn projector_terms_in_one_pass_equal_separate_calls() {
         let cfg = ProjectorConfig { per_image_ids: per_image, ..projector_config(16, mode, vec![2]) };
         let (_, f) = projector(&cfg);
         let mut sampler = PatchSampler::new(7);
-        let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, term_images: &[2, 2], ids: &[None, None] };
+        let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, images: 2, ids: &[None, None] };
         let together = f.keys_and_queries_of_terms(&stacked, 5, &mut sampler).unwrap();
         let mut sampler = PatchSampler::new(7);
         for (t, (src, tgt)) in terms.iter().enumerate() {
@@ -750,7 +750,7 @@ fn projector_terms_in_one_pass_equal_separate_calls() {
     let shared = [Some(Tensor::from_slice(&[0i64, 5, 9])), Some(Tensor::from_slice(&[1i64, 2, 3])), None];
     let per_image = [Some(Tensor::from_slice(&[4i64, 2, 7, 8, 1, 0]).view([2, 3])), Some(Tensor::from_slice(&[6i64, 5, 4])), None];
     let stacked =
-        StackedTerms { feat_k: &feat_k, feat_q: &feat_q, term_images: &[2, 2], ids: &[Some(&shared), Some(&per_image)] };
+        StackedTerms { feat_k: &feat_k, feat_q: &feat_q, images: 2, ids: &[Some(&shared), Some(&per_image)] };
     let together = f.keys_and_queries_of_terms(&stacked, 3, &mut PatchSampler::new(1)).unwrap();
     for (t, ((src, _), ids)) in terms.iter().zip([&shared, &per_image]).enumerate() {
         let (keys, _) = f.sample_source(src, 3, &mut PatchSampler::new(1), Some(ids)).unwrap();

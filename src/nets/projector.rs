@@ -179,7 +179,7 @@ impl Projector {
 
     /// Several NCE terms in one pass (the trainer's L_NCE(x, G(x)) and L_NCE(y, G(y))): the
     /// source maps `feat_k` and translated maps `feat_q` hold the terms' images one after the
-    /// other (`term_images[t]` each). Each term's ids are resolved as its own source call would
+    /// other (`terms.images` each). Each term's ids are resolved as its own source call would
     /// (`ids[t]` or drawn, in term order), shared ids are repeated per image, and one source and
     /// one target call run on all the images: selection, attention and negatives are per image,
     /// so every term's rows equal those of its own calls, with half the kernel launches for two
@@ -190,10 +190,10 @@ impl Projector {
         num_patches: i64,
         sampler: &mut PatchSampler,
     ) -> Result<Vec<KeysAndQueries>, TchError> {
-        let StackedTerms { feat_k, feat_q, term_images, ids } = *terms;
-        let mut per_term = Vec::with_capacity(term_images.len());
-        for ((from, images), term_ids) in term_ranges(term_images).into_iter().zip(ids) {
-            let slot_ids = self.slot_ids(&narrow_images(feat_k, from, images), num_patches, sampler, *term_ids)?;
+        let StackedTerms { feat_k, feat_q, images, ids } = *terms;
+        let mut per_term = Vec::with_capacity(ids.len());
+        for (t, term_ids) in ids.iter().enumerate() {
+            let slot_ids = self.slot_ids(&terms.term_maps(feat_k, t), num_patches, sampler, *term_ids)?;
             // per image: (N,) shared by the term's images → (images, N)
             let per_image = |t: Tensor| if t.dim() == 1 { t.unsqueeze(0).expand([images, -1], false) } else { t };
             per_term.push(slot_ids.into_iter().map(|t| t.map(per_image)).collect::<Vec<_>>());
@@ -211,17 +211,16 @@ impl Projector {
         // out of the queries' graph.
         let (keys, samples) = self.sample_source_at(feat_k, num_patches, &slot_ids)?;
         let queries = self.sample_target(feat_q, &samples)?;
-        let total: i64 = term_images.iter().sum();
-        Ok(term_ranges(term_images)
-            .into_iter()
-            .map(|(from, images)| {
-                let rows = |t: &Tensor| {
-                    let per_image = t.size()[0] / total;
-                    t.narrow(0, from * per_image, images * per_image)
-                };
-                (keys.iter().map(rows).collect(), queries.iter().map(rows).collect())
-            })
-            .collect())
+        // each slot's rows are image-major: term t's are the t-th of len(ids) equal parts
+        let term_rows = |rows: &[Tensor], t: i64| -> Vec<Tensor> {
+            rows.iter()
+                .map(|r| {
+                    let part = r.size()[0] / ids.len() as i64;
+                    r.narrow(0, t * part, part)
+                })
+                .collect()
+        };
+        Ok((0..ids.len() as i64).map(|t| (term_rows(&keys, t), term_rows(&queries, t))).collect())
     }
 
     /// Target call on the translated maps: the source call's positions (random slots) or
@@ -298,37 +297,29 @@ impl Projector {
     }
 }
 
-/// Several NCE terms' maps with their images stacked one after the other: term t has
-/// `term_images[t]` images, and `ids[t]` injects its random patch ids.
+/// Several NCE terms' maps with their images stacked one after the other: term t holds
+/// images `t·images .. (t+1)·images`, and `ids[t]` injects its random patch ids (one entry per
+/// term).
 #[derive(Clone, Copy)]
 pub struct StackedTerms<'a> {
     /// Source maps (the keys' side), one per slot.
     pub feat_k: &'a [Tensor],
     /// Translated maps (the queries' side), one per slot.
     pub feat_q: &'a [Tensor],
-    pub term_images: &'a [i64],
+    /// Images per term.
+    pub images: i64,
     pub ids: &'a [Option<&'a [Option<Tensor>]>],
+}
+
+impl StackedTerms<'_> {
+    /// Term `t`'s images of every map in `maps` (views).
+    pub fn term_maps(&self, maps: &[Tensor], t: usize) -> Vec<Tensor> {
+        maps.iter().map(|f| f.narrow(0, t as i64 * self.images, self.images)).collect()
+    }
 }
 
 /// Per slot, the keys and the queries of one NCE term.
 pub type KeysAndQueries = (Vec<Tensor>, Vec<Tensor>);
-
-/// `(first image, images)` of each term whose images are stacked one after the other.
-pub fn term_ranges(term_images: &[i64]) -> Vec<(i64, i64)> {
-    let mut from = 0;
-    term_images
-        .iter()
-        .map(|&images| {
-            from += images;
-            (from - images, images)
-        })
-        .collect()
-}
-
-/// Images `from..from + images` of every map (views).
-pub fn narrow_images(maps: &[Tensor], from: i64, images: i64) -> Vec<Tensor> {
-    maps.iter().map(|f| f.narrow(0, from, images)).collect()
-}
 
 /// Checks sampled ids: int64, `(N,)` or `(B, N)`, values in `0..P`.
 fn check_ids(slot: usize, ids: &Tensor, batch: i64, positions: i64) -> Result<(), TchError> {

@@ -172,17 +172,7 @@ impl PyTrainer {
     /// The images of the last iteration (detached): real_A, fake_B, real_B and idt_B when the
     /// identity term is on.
     fn visuals(&self) -> Option<HashMap<String, PyTensor>> {
-        self.0.visuals.as_ref().map(|v| {
-            let mut out = HashMap::from([
-                ("real_A".to_string(), PyTensor(v.real_a.shallow_clone())),
-                ("fake_B".to_string(), PyTensor(v.fake_b.shallow_clone())),
-                ("real_B".to_string(), PyTensor(v.real_b.shallow_clone())),
-            ]);
-            if let Some(idt) = &v.idt_b {
-                out.insert("idt_B".to_string(), PyTensor(idt.shallow_clone()));
-            }
-            out
-        })
+        self.0.visuals.as_ref().map(|v| v.named().into_iter().map(|(name, t)| (name.to_string(), PyTensor(t))).collect())
     }
 
     /// One iteration on a batch; `update=False` computes the gradients without changing any

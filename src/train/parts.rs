@@ -10,7 +10,7 @@
 use tch::{nn, TchError, Tensor};
 
 use crate::losses::{gan_loss, GanMode};
-use crate::nets::projector::{narrow_images, term_ranges, KeysAndQueries, StackedTerms};
+use crate::nets::projector::{KeysAndQueries, StackedTerms};
 use crate::nets::{Discriminator, Generator, Projector};
 use crate::ops::{patch_nce_loss, PatchSampler, Reduction};
 
@@ -49,7 +49,7 @@ pub trait ProjectorPart: Network {
         num_patches: i64,
         sampler: &mut PatchSampler,
         ids: Option<&[Option<Tensor>]>,
-    ) -> Result<(Vec<Tensor>, Vec<Tensor>), TchError>;
+    ) -> Result<KeysAndQueries, TchError>;
 
     /// Several NCE terms at once, their images stacked one after the other in the maps.
     /// Returns per term the keys and queries per layer. This default makes one
@@ -60,9 +60,9 @@ pub trait ProjectorPart: Network {
         num_patches: i64,
         sampler: &mut PatchSampler,
     ) -> Result<Vec<KeysAndQueries>, TchError> {
-        let mut out = Vec::with_capacity(terms.term_images.len());
-        for ((from, images), term_ids) in term_ranges(terms.term_images).into_iter().zip(terms.ids) {
-            let (k, q) = (narrow_images(terms.feat_k, from, images), narrow_images(terms.feat_q, from, images));
+        let mut out = Vec::with_capacity(terms.ids.len());
+        for (t, term_ids) in terms.ids.iter().enumerate() {
+            let (k, q) = (terms.term_maps(terms.feat_k, t), terms.term_maps(terms.feat_q, t));
             out.push(self.keys_and_queries(&k, &q, num_patches, sampler, *term_ids)?);
         }
         Ok(out)
@@ -143,7 +143,7 @@ impl ProjectorPart for Owned<Projector> {
         num_patches: i64,
         sampler: &mut PatchSampler,
         ids: Option<&[Option<Tensor>]>,
-    ) -> Result<(Vec<Tensor>, Vec<Tensor>), TchError> {
+    ) -> Result<KeysAndQueries, TchError> {
         let (keys, samples) = self.net.sample_source(feat_k, num_patches, sampler, ids)?;
         let queries = self.net.sample_target(feat_q, &samples)?;
         Ok((keys, queries))

@@ -201,6 +201,18 @@ pub struct Visuals {
     pub idt_b: Option<Tensor>,
 }
 
+impl Visuals {
+    /// The images by name (`real_A`, `fake_B`, `real_B`, `idt_B`), float32 in the standard
+    /// layout whatever the training's precision and memory format: converted here, when
+    /// read, not in every training step.
+    pub fn named(&self) -> Vec<(&'static str, Tensor)> {
+        let image = |t: &Tensor| t.to_kind(Kind::Float).contiguous();
+        let mut out = vec![("real_A", image(&self.real_a)), ("fake_B", image(&self.fake_b)), ("real_B", image(&self.real_b))];
+        out.extend(self.idt_b.as_ref().map(|t| ("idt_B", image(t))));
+        out
+    }
+}
+
 /// Averages gradients across the processes of a data-parallel run (see `crate::python::dist`).
 pub trait GradientSync: Send {
     /// Replaces each gradient of `net` ("G", "D" or "F") by its mean over the processes.
@@ -343,13 +355,13 @@ impl Trainer {
 
     /// Per NCE term t, `L_NCE(src_t, tgt_t) = (1/L) Σ_s λ_NCE · L_nce(q_s, k_s)` over the L
     /// tapped layers (spec §9): positions and attention chosen on `feat_k` = E(src_t), applied
-    /// to `feat_q` = E(tgt_t). The terms' images are stacked in `feat_k` / `feat_q`
-    /// (`term_images[t]` each) and go through F together; `ids[t]` injects a term's patch ids.
+    /// to `feat_q` = E(tgt_t). The terms' images are stacked in `feat_k` / `feat_q` (`images`
+    /// each) and go through F together; `ids[t]` (one entry per term) injects a term's patch ids.
     fn nce_losses(
         &mut self,
         feat_k: &[Tensor],
         feat_q: &[Tensor],
-        term_images: &[i64],
+        images: i64,
         ids: &[Option<&[Option<Tensor>]>],
     ) -> Result<Vec<Tensor>, TchError> {
         let layers = self.cfg.nce_layers.len();
@@ -365,21 +377,18 @@ impl Trainer {
                 .collect()
         };
         let (feat_k, feat_q) = (widen(feat_k), widen(feat_q));
-        let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, term_images, ids };
+        let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, images, ids };
         let terms = self.nets.f.keys_and_queries_of_terms(&stacked, self.cfg.num_patches, &mut self.sampler)?;
-        if term_images.windows(2).any(|w| w[0] != w[1]) {
-            return Err(invalid(format!("NCE terms of unequal batches: {term_images:?}")));
-        }
         // every (term, layer) group in one call of the loss, term-major
         let groups: Vec<(Tensor, Tensor)> = terms
             .into_iter()
             .flat_map(|(keys, queries)| queries.into_iter().zip(keys))
             .collect();
-        let per_group = self.nce.losses(&groups, term_images[0])?;
+        let per_group = self.nce.losses(&groups, images)?;
         // Σ_s λ·L_s / L per term
-        let per_term = per_group.f_view([term_images.len() as i64, layers as i64])?.f_sum_dim_intlist(1, false, None)?
+        let per_term = per_group.f_view([ids.len() as i64, layers as i64])?.f_sum_dim_intlist(1, false, None)?
             * (self.cfg.lambda_nce / layers as f64);
-        Ok((0..term_images.len() as i64).map(|t| per_term.get(t)).collect())
+        Ok((0..ids.len() as i64).map(|t| per_term.get(t)).collect())
     }
 
     /// Averages the gradients of `opt`'s parameters across processes (distributed runs).
@@ -464,7 +473,7 @@ impl Trainer {
                     Some(i) => vec![Some(i.x), Some(i.y)],
                     None => vec![None, None],
                 };
-                let mut losses = self.nce_losses(feat_k, &fake_taps, &vec![images; terms], &term_ids[..terms])?.into_iter();
+                let mut losses = self.nce_losses(feat_k, &fake_taps, images, &term_ids[..terms])?.into_iter();
                 (losses.next(), losses.next())
             }
             None => (None, None),
@@ -487,10 +496,8 @@ impl Trainer {
             }
         }
         self.set_d_requires_grad(true);
-        // float32 (the bf16 path's translations are bfloat16), standard layout
-        let image = |t: &Tensor| t.detach().to_kind(Kind::Float).contiguous();
-        let idt_b = (fake.size()[0] > images).then(|| image(&fake.narrow(0, images, images)));
-        self.visuals = Some(Visuals { real_a: image(&a), fake_b: image(&fake_b), real_b: image(&b), idt_b });
+        let idt_b = (fake.size()[0] > images).then(|| fake.narrow(0, images, images).detach());
+        self.visuals = Some(Visuals { real_a: a.detach(), fake_b: fake_b.detach(), real_b: b.detach(), idt_b });
         Ok(StepLosses { d, d_real, d_fake, gp, g_gan, nce, nce_y, g })
     }
 
