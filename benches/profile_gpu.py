@@ -4,9 +4,10 @@
                                           # block sizes (time, peak memory) vs the composition,
                                           # kernels per step, the profiler's top kernels, and
                                           # each step replayed as one CUDA graph
-    python benches/profile_gpu.py train   # one training iteration at 256² (ours fp32, ours
-                                          # bf16 + channels-last, the transcription): wall time
-                                          # against the summed kernel time, top kernels
+    python benches/profile_gpu.py train   # one training iteration at 256² as train_step.py runs
+                                          # it (ours fp32, ours bf16 + channels-last, the
+                                          # transcription): wall time against the summed kernel
+                                          # time, top kernels
 
 The op block size is read once per process (QS_ATTN_BLOCK_ELEMENTS), so each block size runs
 in its own subprocess.
@@ -103,28 +104,11 @@ def ops() -> None:
 
 
 def train_worker(impl: str) -> None:
-    import reference_cut as rc
+    import train_step
 
-    torch.backends.cudnn.benchmark = True
-    size = 256
-    dev = torch.device("cuda")
-    opt = rc.CUTOptions(num_patches=256, qs_mode="global", local_layout="reference")
-    a, b = torch.rand(1, 3, size, size) * 2 - 1, torch.rand(1, 3, size, size) * 2 - 1
-    if impl.startswith("ours"):
-        from qs_attn import _native
-
-        fast = dict(precision="bf16", channels_last=True) if impl == "ours_fast" else {}
-        trainer = _native.Trainer(json.dumps(dict(dataroot="", crop_size=size, load_size=size, device="cuda", **fast)))
-        a, b = a.to(dev), b.to(dev)
-        step = lambda: trainer.step(a, b, update=True)  # noqa: E731
-    else:
-        G, D, F = rc.build_models(opt, image_size=(size, size), seed=0)
-        G, D, F = G.to(dev), D.to(dev), F.to(dev)
-        optimizers = rc.make_optimizers(G, D, F, opt)
-        positions = [(size + 6) ** 2, size * size, (size // 2) ** 2, (size // 4) ** 2, (size // 4) ** 2]
-        ids = [t if t is None else t.to(dev) for t in rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(0))]
-        a, b = a.to(dev), b.to(dev)
-        step = lambda: rc.one_step(G, D, F, a, b, opt, ids, ids, optimizers=optimizers)  # noqa: E731
+    counter = iter(range(10**9))
+    step_i = train_step.make_step(impl, "global", 256, 1, "cuda")
+    step = lambda: step_i(next(counter))  # noqa: E731
     ms = _time_ms(step, iters=20, warmup=5)
     print(f"\n# training iteration, {impl}, global 256²: {ms:.1f} ms wall per iteration")
     _profile(step, f"training iteration, {impl}", rows=20)

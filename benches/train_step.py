@@ -34,31 +34,33 @@ def _peak_rss_mib() -> float:
     raise RuntimeError("VmHWM")
 
 
-def worker(args) -> dict:
+def make_step(impl: str, mode: str, size: int, batch: int, device: str, num_patches: int = 256):
+    """``step(i)``: training iteration ``i`` of one side ("plain": the transcription; "ours",
+    "ours_bf16", "ours_fast": the Rust trainer in float32, bf16, bf16 + channels-last) on
+    fixed random batches and patch ids, the same for every side."""
     import torch
 
     import reference_cut as rc
 
-    dev = torch.device(args.device)
+    dev = torch.device(device)
     if dev.type == "cuda":
         # the same global switch for both sides (ours runs its convolutions in this process's libtorch)
         torch.backends.cudnn.benchmark = True
-    opt = rc.CUTOptions(num_patches=args.num_patches, qs_mode=args.mode, local_layout="reference")
+    opt = rc.CUTOptions(num_patches=num_patches, qs_mode=mode, local_layout="reference")
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.rand(args.batch, 3, args.size, args.size, generator=g) * 2 - 1,
-                torch.rand(args.batch, 3, args.size, args.size, generator=g) * 2 - 1) for _ in range(4)]
+    batches = [(torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
+                torch.rand(batch, 3, size, size, generator=g) * 2 - 1) for _ in range(4)]
     # positions of the taps 0, 4, 8, 12, 16 (spec §6): padded image, full, 1/2, 1/4, 1/4 size
-    s = args.size
-    positions = [(s + 6) ** 2, s * s, (s // 2) ** 2, (s // 4) ** 2, (s // 4) ** 2]
+    positions = [(size + 6) ** 2, size * size, (size // 2) ** 2, (size // 4) ** 2, (size // 4) ** 2]
     ids = [rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(k)) for k in range(8)]
     # Both sides initialise their networks from seed 0 with the same distributions (§3.1);
     # neither builds the other's, so each process holds one set of networks.
-    if args.impl in ("ours", "ours_bf16", "ours_fast"):
+    if impl in ("ours", "ours_bf16", "ours_fast"):
         from qs_attn import _native
 
-        fast = {"ours_fast": dict(precision="bf16", channels_last=True), "ours_bf16": dict(precision="bf16")}.get(args.impl, {})
-        config = dict(dataroot="", mode=args.mode, local_layout="reference", num_patches=args.num_patches,
-                      crop_size=args.size, load_size=args.size, device=args.device, seed=0, **fast)
+        fast = {"ours_fast": dict(precision="bf16", channels_last=True), "ours_bf16": dict(precision="bf16")}.get(impl, {})
+        config = dict(dataroot="", mode=mode, local_layout="reference", num_patches=num_patches,
+                      crop_size=size, load_size=size, device=device, seed=0, **fast)
         trainer = _native.Trainer(json.dumps(config))
 
         def step(i):
@@ -67,7 +69,7 @@ def worker(args) -> dict:
             a, b = batches[i % 4]
             trainer.step(a.to(dev), b.to(dev), update=True, ids_x=ids[i % 8], ids_y=ids[(i + 1) % 8])
     else:
-        G, D, F = rc.build_models(opt, image_size=(args.size, args.size), seed=0)
+        G, D, F = rc.build_models(opt, image_size=(size, size), seed=0)
         G, D, F = G.to(dev), D.to(dev), F.to(dev)
         optimizers = rc.make_optimizers(G, D, F, opt)
 
@@ -75,7 +77,14 @@ def worker(args) -> dict:
             a, b = batches[i % 4]
             rc.one_step(G, D, F, a.to(dev), b.to(dev), opt, [t if t is None else t.to(dev) for t in ids[i % 8]],
                         [t if t is None else t.to(dev) for t in ids[(i + 1) % 8]], optimizers=optimizers)
+    return step
 
+
+def worker(args) -> dict:
+    import torch
+
+    dev = torch.device(args.device)
+    step = make_step(args.impl, args.mode, args.size, args.batch, args.device, args.num_patches)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for i in range(args.warmup):
         step(i)
