@@ -759,3 +759,67 @@ fn projector_terms_in_one_pass_equal_separate_calls() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// the fused instance norm + ReLU node
+
+/// The two ops as tch composes them: per (b, c) normalisation over H·W, then ReLU.
+fn norm_then_relu(x: &Tensor) -> Tensor {
+    x.instance_norm(None::<Tensor>, None, None, None, true, 0.1, 1e-5, false).relu()
+}
+
+#[test]
+fn fused_instance_norm_relu_equals_the_two_ops_with_gradients() {
+    use qs_attn::nets::norm_relu::instance_norm_relu;
+    // float64, two images, channels with different means and scales
+    let x0 = seeded(5, || Tensor::randn([2, 3, 5, 4], (Kind::Double, Device::Cpu)))
+        * Tensor::from_slice(&[1.0f64, 3.0, 0.2]).view([1, 3, 1, 1])
+        + Tensor::from_slice(&[0.5f64, -2.0, 0.0]).view([1, 3, 1, 1]);
+    let upstream = seeded(6, || Tensor::randn([2, 3, 5, 4], (Kind::Double, Device::Cpu)));
+    let x_fused = x0.copy().set_requires_grad(true);
+    let x_plain = x0.copy().set_requires_grad(true);
+    let y_fused = instance_norm_relu(&x_fused, 1e-5).unwrap();
+    let y_plain = norm_then_relu(&x_plain);
+    assert_close("values", &y_fused, &y_plain, 1e-12);
+    (&y_fused * &upstream).sum(Kind::Double).backward();
+    (&y_plain * &upstream).sum(Kind::Double).backward();
+    assert_close("input gradient", &x_fused.grad(), &x_plain.grad(), 1e-12);
+    // and against central differences of the plain ops
+    let h = 1e-6;
+    let flat = x0.flatten(0, -1);
+    for idx in [0i64, 17, 45, 100] {
+        let bump = |delta: f64| {
+            let x = flat.copy();
+            let _ = x.get(idx).f_add_scalar_(delta).unwrap();
+            (norm_then_relu(&x.view([2, 3, 5, 4])) * &upstream).sum(Kind::Double).double_value(&[])
+        };
+        let numeric = (bump(h) - bump(-h)) / (2.0 * h);
+        let analytic = x_fused.grad().flatten(0, -1).double_value(&[idx]);
+        assert!((numeric - analytic).abs() < 1e-6, "element {idx}: {numeric} vs {analytic}");
+    }
+}
+
+#[test]
+fn fused_instance_norm_relu_keeps_a_low_precision_input_dtype() {
+    use qs_attn::nets::norm_relu::instance_norm_relu;
+    let x = seeded(7, || Tensor::randn([1, 4, 6, 6], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);
+    let y = instance_norm_relu(&x, 1e-5).unwrap();
+    assert_eq!(y.kind(), Kind::BFloat16);
+    // within bfloat16 rounding (8 significant bits) of the float32 result
+    let exact = norm_then_relu(&x.detach().to_kind(Kind::Float));
+    assert!(max_abs_diff(&y.to_kind(Kind::Float), &exact) <= 1e-2 * (1.0 + exact.abs().max().double_value(&[])));
+    y.to_kind(Kind::Float).sum(Kind::Float).backward();
+    assert_eq!(x.grad().kind(), Kind::BFloat16, "the gradient has the input's dtype");
+}
+
+#[test]
+fn generator_taps_at_a_norm_keep_its_own_output() {
+    // element 2 is the first instance norm, 3 its ReLU: asking for 2 gets the norm's output
+    // (unfused there), asking for 3 the ReLU's
+    let vs = nn::VarStore::new(Device::Cpu);
+    let g = Generator::new(&vs.root(), &GeneratorConfig { ngf: 4, n_blocks: 1, ..GeneratorConfig::default() });
+    let x = images(8, &[1, 3, 16, 16]);
+    let taps = g.encode(&x, &[2, 3]).unwrap();
+    assert!(taps[0].min().double_value(&[]) < 0.0, "the norm's output has negative values");
+    assert_close("ReLU of the tapped norm", &taps[1], &taps[0].relu(), 1e-6);
+}

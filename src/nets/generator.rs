@@ -22,7 +22,7 @@
 use tch::{nn, TchError, Tensor};
 
 use super::resample::{Down, Up};
-use super::{check_images, run, Conv, Layer};
+use super::{check_images, run, run_with_outputs, Conv, Layer};
 use crate::error::invalid;
 
 /// Down/upsampling steps between the stem and the ResBlocks (the reference's `n_downsampling`).
@@ -149,13 +149,7 @@ impl Generator {
             )));
         }
         let mut taps: Vec<Option<Tensor>> = (0..=last).map(|_| None).collect();
-        let mut h = x.shallow_clone();
-        for (idx, layer) in self.layers[..=last].iter().enumerate() {
-            h = layer.forward(&h)?;
-            if layers.contains(&idx) {
-                taps[idx] = Some(h.shallow_clone());
-            }
-        }
+        let h = run_with_outputs(&self.layers[..=last], x, |i| layers.contains(&i), |i, y| taps[i] = Some(y.shallow_clone()))?;
         let taps = layers
             .iter()
             .map(|&i| taps.get(i).and_then(|t| t.as_ref().map(Tensor::shallow_clone)))

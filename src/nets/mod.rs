@@ -7,6 +7,7 @@
 pub mod discriminator;
 pub mod generator;
 pub mod init;
+pub mod norm_relu;
 pub mod projector;
 pub mod resample;
 
@@ -98,7 +99,35 @@ impl Layer {
 
 /// Runs a sequence of layers.
 pub(crate) fn run(layers: &[Layer], x: &Tensor) -> Result<Tensor, TchError> {
-    layers.iter().try_fold(x.shallow_clone(), |h, layer| layer.forward(&h))
+    run_with_outputs(layers, x, |_| false, |_, _| {})
+}
+
+/// Runs a sequence of layers, handing `output(i, y)` the output of every element `i` whose
+/// output is `wanted(i)` (others may be skipped). An instance norm directly followed by a ReLU
+/// runs as one node that saves less for backward ([`norm_relu`]) unless the norm's own output
+/// is wanted.
+pub(crate) fn run_with_outputs(
+    layers: &[Layer],
+    x: &Tensor,
+    wanted: impl Fn(usize) -> bool,
+    mut output: impl FnMut(usize, &Tensor),
+) -> Result<Tensor, TchError> {
+    let mut h = x.shallow_clone();
+    let mut i = 0;
+    while i < layers.len() {
+        let fused = matches!(layers[i], Layer::InstanceNorm) && matches!(layers.get(i + 1), Some(Layer::Relu)) && !wanted(i);
+        if fused {
+            h = norm_relu::instance_norm_relu(&h, IN_EPS)?;
+            i += 1; // the ReLU's index: h is its output
+        } else {
+            h = layers[i].forward(&h)?;
+        }
+        if wanted(i) {
+            output(i, &h);
+        }
+        i += 1;
+    }
+    Ok(h)
 }
 
 /// Checks that `x` is a `B × channels × H × W` batch.

@@ -1,0 +1,28 @@
+// The backward of batch norm's normalisation with respect to its input, which tch does not bind
+// (`at::native_batch_norm_backward`; src/nets/norm_relu.rs holds the maths and the op using it).
+#include <ATen/ATen.h>
+#include <ATen/ops/native_batch_norm_backward.h>
+
+#include <exception>
+#include <string>
+
+extern "C" {
+// dx of `y = (x − mean) · invstd` per channel of `input` (N × C × …, training statistics, no
+// affine parameters) for the upstream gradient `grad`; a new tensor the caller owns, or
+// nullptr with `*error` set (valid until this thread's next call).
+at::Tensor* qs_batch_norm_input_grad(const at::Tensor* grad, const at::Tensor* input, const at::Tensor* mean,
+                                     const at::Tensor* invstd, double eps, const char** error) {
+  static thread_local std::string message;
+  try {
+    auto grads = at::native_batch_norm_backward(*grad, *input, {}, {}, {}, *mean, *invstd, /*train=*/true, eps,
+                                                {true, false, false});
+    return new at::Tensor(std::get<0>(grads));
+  } catch (const c10::Error& e) {
+    message = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  *error = message.c_str();
+  return nullptr;
+}
+}
