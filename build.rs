@@ -1,5 +1,5 @@
 //! Compiles the C++ of csrc/ (the autograd bridge, the optimiser's fused step, the fast path's
-//! switches, CUDA graphs, the fused norm's backward) against the libtorch headers torch-sys uses, and
+//! switches, the fused norm's backward) against the libtorch headers torch-sys uses, and
 //! lets `cargo test` binaries find libtorch without LD_LIBRARY_PATH.
 use std::path::PathBuf;
 
@@ -11,28 +11,7 @@ fn main() {
     let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    // CUDA graphs (csrc/cuda_graph.cpp) need the CUDA runtime's headers, for its types. PyPI's
-    // torch brings them in its nvidia wheels (site-packages/nvidia/cu13/include for torch 2.11's
-    // CUDA 13 build) but without the compiler's crt/ headers that cuda_runtime.h includes;
-    // triton, a dependency of that torch, bundles those. A CUDA toolkit (CUDA_HOME) has both.
-    // Without them (a CPU-only torch) cuda_graph.cpp compiles to entry points that say so.
-    let site = root.parent().map(PathBuf::from).unwrap_or_default();
-    let mut candidates: Vec<PathBuf> = std::env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")).into_iter().collect();
-    if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
-        candidates.extend(entries.filter_map(Result::ok).map(|e| e.path().join("include")));
-    }
-    candidates.push(site.join("triton/backends/nvidia/include"));
-    let runtime_api = candidates.iter().find(|d| d.join("cuda_runtime_api.h").exists());
-    let crt = candidates.iter().find(|d| d.join("crt/host_config.h").exists());
-    let torch_cuda = lib.join("libtorch_cuda.so").exists() && lib.join("libc10_cuda.so").exists();
-    println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    let mut build = cc::Build::new();
-    if let (Some(runtime_api), Some(crt), true) = (runtime_api, crt, torch_cuda) {
-        build.include(runtime_api).include(crt).define("QS_WITH_CUDA", None);
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-    }
-    build
+    cc::Build::new()
         .cpp(true)
         .pic(true)
         .warnings(false)
@@ -44,7 +23,6 @@ fn main() {
         .file("csrc/autograd_bridge.cpp")
         .file("csrc/optimizer.cpp")
         .file("csrc/mixed_precision.cpp")
-        .file("csrc/cuda_graph.cpp")
         .file("csrc/norm_relu.cpp")
         .compile("qs_autograd_bridge");
 

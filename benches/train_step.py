@@ -8,15 +8,9 @@ allocator's peak (GPU).
     python benches/train_step.py                       # CPU, 64x64 and 128x128 images
     python benches/train_step.py --device cuda --configs global:256:1 none:512:1 --fast
 
-A config is mode:image size:batch ("none" = CUT, random sampling only). --fast adds two
+A config is mode:image size:batch ("none" = CUT, random sampling only). --fast adds a third
 processes per config: ours with bf16 autocast for G and D, and with bf16 + channels-last (the
-speed-up column takes the faster of the two), against ours in float32. --graph (CUDA) adds ours
-with the step captured in a CUDA graph (option cuda_graph; with --fast also bf16 + channels-last
-+ graph); a replay allocates nothing, so its memory column is what the process holds
-(torch.cuda.memory_reserved() after empty_cache(): the graph's pool, weights, optimiser state),
-an upper bound of the allocator peak the other columns report. Graph steps draw their patch ids
-with the trainer's own sampler (same shapes and maths; the ids are not the injected ones).
-On CUDA every side runs with cudnn.benchmark on (fixed shapes).
+speed-up column takes the faster of the two), against ours in float32. On CUDA both sides run with cudnn.benchmark on (fixed shapes).
 """
 from __future__ import annotations
 
@@ -42,10 +36,8 @@ def _peak_rss_mib() -> float:
 
 def make_step(impl: str, mode: str, size: int, batch: int, device: str, num_patches: int = 256):
     """``step(i)``: training iteration ``i`` of one side ("plain": the transcription; "ours",
-    "ours_bf16", "ours_fast": the Rust trainer in float32, bf16, bf16 + channels-last;
-    "ours_graph", "ours_graph_fast": float32, bf16 + channels-last, through a CUDA graph) on
-    fixed random batches and patch ids, the same for every side (graph steps draw their own
-    ids)."""
+    "ours_bf16", "ours_fast": the Rust trainer in float32, bf16, bf16 + channels-last) on
+    fixed random batches and patch ids, the same for every side."""
     import torch
 
     import reference_cut as rc
@@ -63,22 +55,19 @@ def make_step(impl: str, mode: str, size: int, batch: int, device: str, num_patc
     ids = [rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(k)) for k in range(8)]
     # Both sides initialise their networks from seed 0 with the same distributions (§3.1);
     # neither builds the other's, so each process holds one set of networks.
-    if impl.startswith("ours"):
+    if impl in ("ours", "ours_bf16", "ours_fast"):
         from qs_attn import _native
 
-        fast = dict(precision="bf16", channels_last=True) if impl.endswith("_fast") else \
-            dict(precision="bf16") if impl == "ours_bf16" else {}
-        graph = impl.startswith("ours_graph")
+        fast = {"ours_fast": dict(precision="bf16", channels_last=True), "ours_bf16": dict(precision="bf16")}.get(impl, {})
         config = dict(dataroot="", mode=mode, local_layout="reference", num_patches=num_patches,
-                      crop_size=size, load_size=size, device=device, seed=0, cuda_graph=graph, **fast)
+                      crop_size=size, load_size=size, device=device, seed=0, **fast)
         trainer = _native.Trainer(json.dumps(config))
 
         def step(i):
             # Ids stay on the CPU: the trainer validates injected ids there (no device sync)
             # and moves them itself.
             a, b = batches[i % 4]
-            injected = {} if graph else dict(ids_x=ids[i % 8], ids_y=ids[(i + 1) % 8])
-            trainer.step(a.to(dev), b.to(dev), update=True, **injected)
+            trainer.step(a.to(dev), b.to(dev), update=True, ids_x=ids[i % 8], ids_y=ids[(i + 1) % 8])
     else:
         G, D, F = rc.build_models(opt, image_size=(size, size), seed=0)
         G, D, F = G.to(dev), D.to(dev), F.to(dev)
@@ -97,8 +86,7 @@ def worker(args) -> dict:
     dev = torch.device(args.device)
     step = make_step(args.impl, args.mode, args.size, args.batch, args.device, args.num_patches)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    # a graph step captures after 3 eager iterations
-    for i in range(max(args.warmup, 5) if args.impl.startswith("ours_graph") else args.warmup):
+    for i in range(args.warmup):
         step(i)
     sync()
     if dev.type == "cuda":
@@ -111,13 +99,7 @@ def worker(args) -> dict:
         step(i)
         sync()
         times.append((time.perf_counter() - t0) * 1000)
-    if dev.type != "cuda":
-        peak = _peak_rss_mib()
-    elif args.impl.startswith("ours_graph"):
-        torch.cuda.empty_cache()
-        peak = torch.cuda.memory_reserved() / 2**20
-    else:
-        peak = torch.cuda.max_memory_allocated() / 2**20
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _peak_rss_mib()
     return {"ms": statistics.median(times), "peak_mib": peak}
 
 
@@ -139,7 +121,6 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--configs", nargs="+", default=None, help="mode:size:batch (instead of sizes x modes)")
     p.add_argument("--fast", action="store_true", help="also ours with bf16 autocast + channels-last")
-    p.add_argument("--graph", action="store_true", help="also ours with the step in a CUDA graph")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--num-patches", type=int, default=256)
     p.add_argument("--iters", type=int, default=20)
@@ -156,8 +137,7 @@ def main() -> None:
 
     configs = ([(m, int(s), int(b)) for m, s, b in (c.split(":") for c in args.configs)] if args.configs
                else [(m, s, args.batch) for s in args.sizes for m in args.modes])
-    impls = ("plain", "ours") + (("ours_bf16", "ours_fast") if args.fast else ()) \
-        + (("ours_graph",) if args.graph else ()) + (("ours_graph_fast",) if args.graph and args.fast else ())
+    impls = ("plain", "ours", "ours_bf16", "ours_fast") if args.fast else ("plain", "ours")
     print(f"# training iteration: torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f", {os.cpu_count()} CPU threads"))
     print(f"# N = {args.num_patches}, default networks (ngf = ndf = 64, 9 blocks); "
@@ -165,10 +145,6 @@ def main() -> None:
     head = "| mode | image | batch | plain PyTorch ms | ours ms | ratio ours/plain | plain peak MiB | ours peak MiB |"
     if args.fast:
         head += " ours bf16 ms | ours bf16+CL ms | fp32/fast speed-up | ours bf16+CL peak MiB |"
-    if args.graph:
-        head += " ours graph ms | ours graph MiB held | graph ratio ours/plain |"
-        if args.fast:
-            head += " ours graph bf16+CL ms | fp32 eager / graph bf16+CL |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     results = []
@@ -177,7 +153,9 @@ def main() -> None:
         results.append(dict(mode=mode, size=size, batch=batch, **res))
         cells = [mode, f"{size}²", str(batch)]
         if any("error" in r for r in res.values()):
-            print("| " + " | ".join(cells + [r.get("error", "ok") for r in res.values()]) + " |", flush=True)
+            # every side's result, so one failing side loses none of the others' numbers
+            shown = [r["error"][:200] if "error" in r else f"{r['ms']:.1f} ms / {r['peak_mib']:.0f} MiB" for r in res.values()]
+            print("| " + " | ".join(cells + [f"{impl}: {v}" for impl, v in zip(res, shown)]) + " |", flush=True)
             continue
         plain, ours = res["plain"], res["ours"]
         cells += [f"{plain['ms']:.1f}", f"{ours['ms']:.1f}", f"{ours['ms'] / plain['ms']:.2f}",
@@ -186,11 +164,6 @@ def main() -> None:
             fast = res["ours_fast"]
             best = min(res["ours_bf16"]["ms"], fast["ms"])
             cells += [f"{res['ours_bf16']['ms']:.1f}", f"{fast['ms']:.1f}", f"{ours['ms'] / best:.2f}", f"{fast['peak_mib']:.0f}"]
-        if args.graph:
-            graphed = res["ours_graph"]
-            cells += [f"{graphed['ms']:.1f}", f"{graphed['peak_mib']:.0f}", f"{graphed['ms'] / plain['ms']:.2f}"]
-            if args.fast:
-                cells += [f"{res['ours_graph_fast']['ms']:.1f}", f"{ours['ms'] / res['ours_graph_fast']['ms']:.2f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -41,8 +41,7 @@ def train(
             ours: ``local_layout``, ``window``, ``qs_slots``, ``per_image_ids``, ``lambda_gp``,
             ``device`` ("cpu", "cuda", "cuda:N"), ``precision`` ("fp32", or "bf16": G and D
             under bfloat16 autocast, F and the NCE loss in float32), ``channels_last``,
-            ``cudnn_benchmark`` (default on), ``cuda_graph`` (CUDA: capture the step in a CUDA
-            graph after 3 iterations and replay it), ``seed``, ``max_iters``, ``checkpoints_dir``,
+            ``cudnn_benchmark`` (default on), ``seed``, ``max_iters``, ``checkpoints_dir``,
             ``print_freq``, ``display_freq``, ``save_latest_freq``, ``save_epoch_freq``,
             ``num_samples``, ``num_threads``; and the parts of :class:`qs_attn.Trainer`
             (``generator``, ``discriminator``, ``projector``, ``gan_loss``, ``nce_loss``,

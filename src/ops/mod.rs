@@ -10,4 +10,4 @@ pub mod sampling;
 pub use patch_nce::{patch_nce_loss, Reduction};
 pub use local_window::LocalLayout;
 pub use qs::{qs_cross_route, qs_entropy, qs_route, qs_select, EntropyOf, QsMode, Selection};
-pub use sampling::{PatchSampler, RecordedDraw};
+pub use sampling::PatchSampler;

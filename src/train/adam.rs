@@ -2,7 +2,7 @@
 //! amsgrad), and its state as named tensors so that checkpoints can store and restore it.
 use std::ffi::{c_char, CStr};
 
-use tch::{no_grad, Kind, TchError, Tensor};
+use tch::{no_grad, TchError, Tensor};
 use torch_sys::C_tensor;
 
 use crate::error::invalid;
@@ -14,10 +14,7 @@ pub struct Adam {
     exp_avg_sq: Vec<Tensor>,
     /// Number of steps taken.
     step: i64,
-    lr: f64,
-    /// The step count and learning rate as float32 scalars on the parameters' device, for a
-    /// step that can be captured in a CUDA graph ([`Adam::keep_state_on_device`]).
-    on_device: Option<DeviceState>,
+    pub lr: f64,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -27,33 +24,7 @@ impl Adam {
     /// Over `params` (name, parameter): shared tensors, updated in place by [`Adam::step`].
     pub fn new(params: Vec<(String, Tensor)>, lr: f64, beta1: f64, beta2: f64) -> Self {
         let zeros = |params: &[(String, Tensor)]| params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Adam { exp_avg: zeros(&params), exp_avg_sq: zeros(&params), params, step: 0, lr, beta1, beta2, eps: 1e-8, on_device: None }
-    }
-
-    /// Sets the learning rate (from the next step on).
-    pub fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-        if let Some(state) = &mut self.on_device {
-            let _ = state.lr.fill_(lr);
-        }
-    }
-
-    /// From now on keeps the step count and the learning rate on the parameters' device and
-    /// updates them there: a step then reads nothing from the host and bakes no number into
-    /// the kernels, so that a CUDA graph can capture it and replay it at every iteration
-    /// (`set_lr` changes the device copy, which replays see). The host count goes on too, for
-    /// checkpoints; see [`Adam::count_replayed_step`].
-    pub fn keep_state_on_device(&mut self) {
-        let Some((_, first)) = self.params.first() else { return };
-        let scalar = |v: f64| Tensor::full([], v, (Kind::Float, first.device()));
-        self.on_device = Some(DeviceState { step_count: scalar(self.step as f64), lr: scalar(self.lr) });
-    }
-
-    /// Counts a step taken by a graph replay on the host as well (the device count was
-    /// incremented by the replayed kernels); `-1` uncounts the step of a capture, which
-    /// records the kernels without running them.
-    pub fn count_replayed_step(&mut self, steps: i64) {
-        self.step += steps;
+        Adam { exp_avg: zeros(&params), exp_avg_sq: zeros(&params), params, step: 0, lr, beta1, beta2, eps: 1e-8 }
     }
 
     /// Turns gradient tracking of every parameter on or off (e.g. to freeze a discriminator).
@@ -91,33 +62,18 @@ impl Adam {
         let grads: Vec<*const C_tensor> = with_grad.iter().map(|(_, g)| g.as_ptr()).collect();
         let (exp_avg, exp_avg_sq) = (ptrs(&self.exp_avg), ptrs(&self.exp_avg_sq));
         let error = unsafe {
-            match &self.on_device {
-                None => qs_fused_adam(
-                    params.as_ptr(),
-                    grads.as_ptr(),
-                    exp_avg.as_ptr(),
-                    exp_avg_sq.as_ptr(),
-                    params.len() as i64,
-                    self.step as f64,
-                    self.lr,
-                    self.beta1,
-                    self.beta2,
-                    self.eps,
-                ),
-                // the device count is incremented by the call (t ← t + 1 on the device)
-                Some(state) => qs_fused_adam_on_device(
-                    params.as_ptr(),
-                    grads.as_ptr(),
-                    exp_avg.as_ptr(),
-                    exp_avg_sq.as_ptr(),
-                    params.len() as i64,
-                    state.step_count.as_ptr(),
-                    state.lr.as_ptr(),
-                    self.beta1,
-                    self.beta2,
-                    self.eps,
-                ),
-            }
+            qs_fused_adam(
+                params.as_ptr(),
+                grads.as_ptr(),
+                exp_avg.as_ptr(),
+                exp_avg_sq.as_ptr(),
+                params.len() as i64,
+                self.step as f64,
+                self.lr,
+                self.beta1,
+                self.beta2,
+                self.eps,
+            )
         };
         if error.is_null() {
             Ok(())
@@ -147,18 +103,8 @@ impl Adam {
             }
         }
         self.step = step;
-        if let Some(state) = &mut self.on_device {
-            let _ = state.step_count.fill_(step as f64);
-        }
         Ok(())
     }
-}
-
-/// Adam's step count and learning rate on the device (float32 scalars, as torch.optim keeps
-/// them for a capturable step).
-struct DeviceState {
-    step_count: Tensor,
-    lr: Tensor,
 }
 
 extern "C" {
@@ -170,18 +116,6 @@ extern "C" {
         n: i64,
         step: f64,
         lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-    ) -> *const c_char;
-    fn qs_fused_adam_on_device(
-        params: *const *const C_tensor,
-        grads: *const *const C_tensor,
-        exp_avgs: *const *const C_tensor,
-        exp_avg_sqs: *const *const C_tensor,
-        n: i64,
-        step_count: *const C_tensor,
-        lr: *const C_tensor,
         beta1: f64,
         beta2: f64,
         eps: f64,

@@ -74,10 +74,6 @@ pub struct TrainConfig {
     /// fastest (`torch.backends.cudnn.benchmark`, a process-wide switch; training shapes are
     /// fixed). Results are then not bit-reproducible across runs.
     pub cudnn_benchmark: bool,
-    /// On CUDA, capture the training step in a CUDA graph after a few iterations and replay it
-    /// (one launch per iteration instead of thousands; see `train::graphed`). Not with
-    /// `flip_equivariance`, the WGAN-GP penalty, supplied parts or data-parallel training.
-    pub cuda_graph: bool,
     pub print_freq: u64,
     pub display_freq: u64,
     pub save_latest_freq: u64,
@@ -134,7 +130,6 @@ impl Default for TrainConfig {
             precision: "fp32".into(),
             channels_last: false,
             cudnn_benchmark: true,
-            cuda_graph: false,
             print_freq: 100,
             display_freq: 400,
             save_latest_freq: 5000,
@@ -202,17 +197,6 @@ impl TrainConfig {
         }
         if let Err(e) = self.precision.parse::<Precision>() {
             errors.push(e.to_string());
-        }
-        if self.cuda_graph {
-            if !self.device.starts_with("cuda") {
-                errors.push(format!("cuda_graph needs a CUDA device, got device '{}'", self.device));
-            }
-            if self.flip_equivariance {
-                errors.push("cuda_graph cannot be combined with flip_equivariance (a host-side coin per step)".into());
-            }
-            if self.gan_mode == "wgangp" && self.lambda_gp > 0.0 {
-                errors.push("cuda_graph cannot be combined with the WGAN-GP penalty (lambda_gp > 0)".into());
-            }
         }
         if self.nce_t <= 0.0 || self.lr <= 0.0 {
             errors.push("nce_T and lr must be positive".into());

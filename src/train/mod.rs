@@ -2,7 +2,6 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
-mod graphed;
 pub mod parts;
 pub mod precision;
 pub mod run;

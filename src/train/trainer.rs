@@ -21,7 +21,6 @@ use tch::{nn, Device, Kind, TchError, Tensor};
 use super::adam::Adam;
 use super::checkpoint;
 use super::config::TrainConfig;
-use super::graphed::GraphedStep;
 use super::precision::{channels_last, params_to_channels_last, Bf16Autocast, Precision};
 use super::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, NceLossPart, Owned, PatchNce, ProjectorPart};
 use super::run::RunState;
@@ -169,29 +168,6 @@ pub struct StepLosses {
 }
 
 impl StepLosses {
-    /// The same tensors (shared storage).
-    pub fn shallow_clone(&self) -> StepLosses {
-        self.map(Tensor::shallow_clone)
-    }
-
-    /// The values without their autograd graphs (shared storage).
-    pub fn detached(&self) -> StepLosses {
-        self.map(Tensor::detach)
-    }
-
-    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> StepLosses {
-        StepLosses {
-            d: f(&self.d),
-            d_real: f(&self.d_real),
-            d_fake: f(&self.d_fake),
-            gp: self.gp.as_ref().map(&f),
-            g_gan: f(&self.g_gan),
-            nce: self.nce.as_ref().map(&f),
-            nce_y: self.nce_y.as_ref().map(&f),
-            g: f(&self.g),
-        }
-    }
-
     /// Named values (reads them from the device: call only when logging).
     pub fn values(&self) -> Vec<(&'static str, f64)> {
         let mut out = vec![
@@ -226,25 +202,11 @@ pub struct Visuals {
 }
 
 impl Visuals {
-    /// The same tensors (shared storage).
-    pub fn shallow_clone(&self) -> Visuals {
-        Visuals {
-            real_a: self.real_a.shallow_clone(),
-            fake_b: self.fake_b.shallow_clone(),
-            real_b: self.real_b.shallow_clone(),
-            idt_b: self.idt_b.as_ref().map(Tensor::shallow_clone),
-        }
-    }
-
-    /// The images by name (`real_A`, `fake_B`, `real_B`, `idt_B`): copies, float32 in the
-    /// standard layout whatever the training's precision and memory format (converted here,
-    /// when read, not in every training step; copied because a CUDA-graph step overwrites its
-    /// visuals at every replay).
+    /// The images by name (`real_A`, `fake_B`, `real_B`, `idt_B`), float32 in the standard
+    /// layout whatever the training's precision and memory format: converted here, when
+    /// read, not in every training step.
     pub fn named(&self) -> Vec<(&'static str, Tensor)> {
-        let image = |t: &Tensor| {
-            let converted = t.to_kind(Kind::Float).contiguous();
-            if converted.data_ptr() == t.data_ptr() { converted.copy() } else { converted }
-        };
+        let image = |t: &Tensor| t.to_kind(Kind::Float).contiguous();
         let mut out = vec![("real_A", image(&self.real_a)), ("fake_B", image(&self.fake_b)), ("real_B", image(&self.real_b))];
         out.extend(self.idt_b.as_ref().map(|t| ("idt_B", image(t))));
         out
@@ -269,7 +231,7 @@ pub struct Trainer {
     opt_d: Adam,
     opt_f: Option<Adam>,
     /// Random patch ids of the CUT slots.
-    pub(super) sampler: PatchSampler,
+    sampler: PatchSampler,
     /// Flip-equivariance coins.
     coins: SplitMix64,
     gan_mode: GanMode,
@@ -285,8 +247,6 @@ pub struct Trainer {
     pub visuals: Option<Visuals>,
     /// Data-parallel gradient averaging; `None` in a single process.
     pub(super) grad_sync: Option<Box<dyn GradientSync>>,
-    /// The step as a CUDA graph (option `cuda_graph`), once the first step has set it up.
-    graphed: Option<GraphedStep>,
     /// Whether this process writes checkpoints, logs and samples (rank 0 of a distributed run).
     pub writer: bool,
     /// `(rank, world_size)`: this process's share of the data; `(0, 1)` alone.
@@ -330,24 +290,9 @@ impl Trainer {
         }
         let precision: Precision = cfg.precision.parse()?;
         let adam = |params| Adam::new(params, cfg.lr, cfg.beta1, cfg.beta2);
-        let (mut opt_g, mut opt_d) = (adam(nets.g.parameters()?), adam(nets.d.parameters()?));
+        let (opt_g, opt_d) = (adam(nets.g.parameters()?), adam(nets.d.parameters()?));
         // Q25: no projector optimiser when NCE is off.
-        let mut opt_f = if cfg.lambda_nce > 0.0 { Some(adam(nets.f.parameters()?)) } else { None };
-        let graphed = if cfg.cuda_graph {
-            if !supplied.is_empty() {
-                return Err(invalid(format!(
-                    "cuda_graph works with the built-in parts only (supplied: {}): they may read values back on the host, \
-                     which a captured step cannot",
-                    supplied.join(", ")
-                )));
-            }
-            for opt in [Some(&mut opt_g), Some(&mut opt_d), opt_f.as_mut()].into_iter().flatten() {
-                opt.keep_state_on_device();
-            }
-            Some(GraphedStep::new(device)?)
-        } else {
-            None
-        };
+        let opt_f = if cfg.lambda_nce > 0.0 { Some(adam(nets.f.parameters()?)) } else { None };
         Ok(Trainer {
             gan: parts.gan_loss.take().unwrap_or_else(|| Box::new(gan_mode)),
             nce: parts.nce_loss.take().unwrap_or_else(|| Box::new(PatchNce { tau: cfg.nce_t })),
@@ -368,7 +313,6 @@ impl Trainer {
             run: None,
             visuals: None,
             grad_sync: None,
-            graphed,
             writer: true,
             shard: (0, 1),
         })
@@ -386,9 +330,6 @@ impl Trainer {
         if self.run.is_some() {
             return Err(invalid("distribute() must be called before the first iteration"));
         }
-        if self.cfg.cuda_graph {
-            return Err(invalid("cuda_graph cannot be combined with data-parallel training"));
-        }
         // A position saved by a run with another number of processes: the same number of
         // images seen (rounded down to whole global batches).
         if self.shard.1 != world_size {
@@ -403,7 +344,7 @@ impl Trainer {
     pub(super) fn set_lr(&mut self) {
         let lr = self.cfg.lr * self.cfg.lr_multiplier(self.epoch);
         for opt in [Some(&mut self.opt_g), Some(&mut self.opt_d), self.opt_f.as_mut()].into_iter().flatten() {
-            opt.set_lr(lr);
+            opt.lr = lr;
         }
     }
 
@@ -460,29 +401,8 @@ impl Trainer {
 
     /// One iteration on a batch (`a`: source domain, `b`: target domain, `B × 3 × H × W` in
     /// [−1, 1]). With `update = false` the gradients are computed but no parameter changes
-    /// (for comparisons with a reference); `ids` injects the random patch ids. With the option
-    /// `cuda_graph`, an updating step with drawn ids replays the captured step (see
-    /// `train::graphed`).
+    /// (for comparisons with a reference); `ids` injects the random patch ids.
     pub fn step_with(&mut self, a: &Tensor, b: &Tensor, update: bool, ids: Option<InjectedIds>) -> Result<StepLosses, TchError> {
-        if update && ids.is_none() {
-            if let Some(mut graphed) = self.graphed.take() {
-                let result = self.graphed_step(&mut graphed, a, b);
-                self.graphed = Some(graphed);
-                return result;
-            }
-        }
-        self.eager_step(a, b, update, ids)
-    }
-
-    /// Adds `steps` to the optimisers' host step counts (see `Adam::count_replayed_step`).
-    pub(super) fn count_replayed_step(&mut self, steps: i64) {
-        for opt in [Some(&mut self.opt_g), Some(&mut self.opt_d), self.opt_f.as_mut()].into_iter().flatten() {
-            opt.count_replayed_step(steps);
-        }
-    }
-
-    /// [`Trainer::step_with`] launching every kernel from the host.
-    pub(super) fn eager_step(&mut self, a: &Tensor, b: &Tensor, update: bool, ids: Option<InjectedIds>) -> Result<StepLosses, TchError> {
         let (mut a, mut b) = (to_device_async(a, self.device), to_device_async(b, self.device));
         if self.cfg.channels_last {
             (a, b) = (channels_last(&a)?, channels_last(&b)?);
