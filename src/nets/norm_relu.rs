@@ -4,8 +4,8 @@
 //! The output is needed by nothing else wherever a reflection pad or the anti-aliased
 //! downsampling follows (the pad's backward needs no values): in the generator's residual
 //! blocks and before each downsampling step. Recomputing the ReLU's mask from the input in
-//! backward drops those tensors: ~13 % of the generator's activations per image (the batch-4
-//! step at 256² holds ~1.2 GB less on a GPU). The values are those of the two ops.
+//! backward drops those tensors (measured: the training step's CUDA peak at 256², batch 1, went
+//! from 2,293 to 2,239 MiB; docs/benchmarks.md). The values are those of the two ops.
 //!
 //! Differentiable once (the bridge raises on `create_graph=True`); the trainer never needs more.
 use std::ffi::c_char;
