@@ -11,9 +11,11 @@
 // * tensors crossing the boundary are heap `at::Tensor*` (what tch calls `C_tensor*`): borrowed
 //   when passed to Rust, owned (moved out and deleted here) when Rust hands them over.
 //
-// Backward is first-order only: Rust computes gradients under no-grad and, when a higher-order
-// graph is requested (create_graph=True), the returned gradients get an Error node, so
-// differentiating them again fails loudly instead of silently giving zero.
+// Backward is first-order only unless the op says its backward is differentiable: Rust then
+// computes gradients under no-grad and, when a higher-order graph is requested
+// (create_graph=True), the returned gradients get an Error node, so differentiating them again
+// fails loudly instead of silently giving zero. An op whose backward is differentiable (built
+// from differentiable tensor operations) runs it in the engine's grad mode instead.
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
@@ -21,6 +23,7 @@
 #include <torch/csrc/autograd/functions/utils.h>
 
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -43,6 +46,7 @@ bool qs_rs_op_backward(void* op, const at::Tensor* const* saved, int64_t n_saved
                        const at::Tensor* const* grads, int64_t n_grads,
                        const bool* needs_input_grad, int64_t n_inputs, QsSink* sink);
 void qs_rs_op_drop(void* op);
+bool qs_rs_op_backward_is_differentiable(void* op);
 const char* qs_rs_op_name(void* op);
 
 QsSink* qs_sink_new() { return new QsSink(); }
@@ -118,6 +122,7 @@ struct RustFunction : public torch::autograd::Function<RustFunction> {
     auto holder = c10::static_intrusive_pointer_cast<QsOpHolder>(ctx->saved_data["op"].toCapsule());
     auto saved = ctx->get_saved_variables();
     const bool higher_order = torch::autograd::GradMode::is_enabled();
+    const bool differentiable = qs_rs_op_backward_is_differentiable(holder->op);
     // needs_input_grad counts tensor inputs only (the holder argument has no edge).
     const int64_t n_inputs = ctx->saved_data["n_inputs"].toInt();
     std::unique_ptr<bool[]> needs(new bool[static_cast<size_t>(n_inputs)]);
@@ -128,7 +133,8 @@ struct RustFunction : public torch::autograd::Function<RustFunction> {
     auto saved_ptrs = pointers(saved);
     QsSink sink;
     {
-      at::NoGradGuard no_grad;
+      std::optional<at::NoGradGuard> no_grad;
+      if (!differentiable) no_grad.emplace();
       if (!qs_rs_op_backward(holder->op, saved_ptrs.data(), static_cast<int64_t>(saved_ptrs.size()),
                              grad_ptrs.data(), static_cast<int64_t>(grad_ptrs.size()), needs.get(),
                              n_inputs, &sink)) {
@@ -140,7 +146,7 @@ struct RustFunction : public torch::autograd::Function<RustFunction> {
                 qs_rs_op_name(holder->op), " backward returned ", sink.tensors.size(),
                 " gradients for ", n_inputs, " inputs");
     variable_list grads = std::move(sink.tensors);
-    if (higher_order) {
+    if (higher_order && !differentiable) {
       // create_graph=True: the gradients computed above carry no graph of their own, so
       // differentiating them again would silently give zero. Give each an Error node instead.
       auto err = std::make_shared<torch::autograd::Error>(

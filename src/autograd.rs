@@ -9,7 +9,8 @@
 //! Rules for implementors:
 //! * `forward` runs with grad mode off; it may save tensors (inputs or outputs) for backward with
 //!   [`ForwardContext::save_for_backward`] and mark integer or index outputs non-differentiable.
-//! * `backward` runs on autograd's worker thread, without the Python GIL, under no-grad. It gets
+//! * `backward` runs on autograd's worker thread, without the Python GIL, under no-grad (unless
+//!   [`AutogradOp::differentiable_backward`]). It gets
 //!   one optional gradient per output (`None` when the output did not take part in the loss) and
 //!   returns one optional gradient per input; return `None` where
 //!   [`BackwardContext::needs_input_grad`] is false (or the input is not differentiable).
@@ -34,6 +35,14 @@ pub trait AutogradOp: Send + 'static {
         ctx: &BackwardContext,
         grad_outputs: &[Option<Tensor>],
     ) -> Result<Vec<Option<Tensor>>, TchError>;
+    /// Whether `backward` may itself be differentiated: it computes the input gradients with
+    /// differentiable tensor operations only (a linear op whose backward is its adjoint, say).
+    /// Then it runs in the caller's grad mode, so `create_graph=True` gets a graph through it
+    /// (gradient penalties). Otherwise (the default) it runs under no-grad and its gradients
+    /// refuse to be differentiated again.
+    fn differentiable_backward(&self) -> bool {
+        false
+    }
 }
 
 /// What forward tells autograd besides its outputs.
@@ -271,6 +280,11 @@ extern "C" fn qs_rs_op_backward(
 extern "C" fn qs_rs_op_drop(op: *mut c_void) {
     // Never unwind into C++.
     let _ = catch_unwind(|| drop(unsafe { Box::from_raw(op as *mut Box<dyn AutogradOp>) }));
+}
+
+#[no_mangle]
+extern "C" fn qs_rs_op_backward_is_differentiable(op: *mut c_void) -> bool {
+    catch_unwind(|| unsafe { op_ref(op) }.differentiable_backward()).unwrap_or(false)
 }
 
 #[no_mangle]

@@ -823,3 +823,68 @@ fn generator_taps_at_a_norm_keep_its_own_output() {
     assert!(taps[0].min().double_value(&[]) < 0.0, "the norm's output has negative values");
     assert_close("ReLU of the tapped norm", &taps[1], &taps[0].relu(), 1e-6);
 }
+
+// ---------------------------------------------------------------------------------------------
+// the padding nodes that keep no tensor
+
+/// Replication padding by `n` written out with indices: padded index `i` reads `i − n` clamped
+/// to the edge.
+fn replicate_pad_by_index(x: &Tensor, n: i64) -> Tensor {
+    let clamp = |len: i64| Tensor::from_slice(&(-n..len + n).map(|i| i.clamp(0, len - 1)).collect::<Vec<i64>>());
+    let (h, w) = (x.size()[2], x.size()[3]);
+    x.index_select(2, &clamp(h)).index_select(3, &clamp(w))
+}
+
+#[test]
+fn padding_nodes_equal_the_index_form_in_values_and_gradients() {
+    use qs_attn::nets::pad::{pad2d, PadMode};
+    let by_index: [(PadMode, fn(&Tensor, i64) -> Tensor); 2] =
+        [(PadMode::Reflection, reflect_pad_by_index), (PadMode::Replication, replicate_pad_by_index)];
+    for (mode, reference) in by_index {
+        for n in [1i64, 3] {
+            let x0 = seeded(11, || Tensor::randn([2, 3, 5, 7], (Kind::Double, Device::Cpu)));
+            let upstream = seeded(12, || Tensor::randn([2, 3, 5 + 2 * n, 7 + 2 * n], (Kind::Double, Device::Cpu)));
+            let (x_ours, x_ref) = (x0.copy().set_requires_grad(true), x0.copy().set_requires_grad(true));
+            let (y_ours, y_ref) = (pad2d(&x_ours, mode, n).unwrap(), reference(&x_ref, n));
+            assert_close(&format!("{mode:?} {n}: values"), &y_ours, &y_ref, 0.0);
+            (&y_ours * &upstream).sum(Kind::Double).backward();
+            (&y_ref * &upstream).sum(Kind::Double).backward();
+            assert_close(&format!("{mode:?} {n}: input gradient"), &x_ours.grad(), &x_ref.grad(), 1e-12);
+        }
+    }
+}
+
+#[test]
+fn padding_nodes_are_twice_differentiable() {
+    // a gradient penalty through a pad: L = Σ c·pad(x)², G = ∂L/∂x (with its graph), then
+    // ∂(Σ v·G)/∂x, against the same through the index form
+    use qs_attn::nets::pad::{pad2d, PadMode};
+    let x0 = seeded(13, || Tensor::randn([1, 2, 4, 6], (Kind::Double, Device::Cpu)));
+    let c = seeded(14, || Tensor::randn([1, 2, 6, 8], (Kind::Double, Device::Cpu)));
+    let v = seeded(15, || Tensor::randn([1, 2, 4, 6], (Kind::Double, Device::Cpu)));
+    let second = |pad: &dyn Fn(&Tensor) -> Tensor| {
+        let x = x0.copy().set_requires_grad(true);
+        let loss = (pad(&x).square() * &c).sum(Kind::Double);
+        let g = Tensor::run_backward(&[loss], &[&x], true, true).remove(0);
+        let gg = Tensor::run_backward(&[(&g * &v).sum(Kind::Double)], &[&x], false, false).remove(0);
+        (g, gg)
+    };
+    let (g_ours, gg_ours) = second(&|x| pad2d(x, PadMode::Reflection, 1).unwrap());
+    let (g_ref, gg_ref) = second(&|x| reflect_pad_by_index(x, 1));
+    assert_close("first derivative", &g_ours, &g_ref, 1e-12);
+    assert_close("second derivative", &gg_ours, &gg_ref, 1e-12);
+    assert!(gg_ref.abs().max().double_value(&[]) > 0.1, "the check is not vacuous");
+}
+
+#[test]
+fn padding_nodes_keep_a_low_precision_dtype_and_reject_bad_shapes() {
+    use qs_attn::nets::pad::{pad2d, PadMode};
+    let x = seeded(16, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);
+    let y = pad2d(&x, PadMode::Reflection, 1).unwrap();
+    assert_eq!(y.kind(), Kind::BFloat16);
+    y.to_kind(Kind::Float).sum(Kind::Float).backward();
+    assert_eq!(x.grad().kind(), Kind::BFloat16, "the gradient has the input's dtype");
+    let flat = Tensor::zeros([4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let err = pad2d(&flat, PadMode::Reflection, 1).unwrap_err().to_string();
+    assert!(err.contains("(B, C, H, W)"), "{err}");
+}

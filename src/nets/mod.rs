@@ -8,6 +8,7 @@ pub mod discriminator;
 pub mod generator;
 pub mod init;
 pub mod norm_relu;
+pub mod pad;
 pub mod projector;
 pub mod resample;
 
@@ -61,7 +62,7 @@ impl Conv {
 
 /// One element of a network's flat sequence.
 pub(crate) enum Layer {
-    /// Reflection padding by `n` on every side.
+    /// Reflection padding by `n` on every side (a node that keeps no tensor, [`pad`]).
     ReflectionPad(i64),
     Conv(Conv),
     /// Instance norm: per (b, c), `(x − mean) / sqrt(var + 1e-5)` over H·W, biased variance,
@@ -80,7 +81,7 @@ pub(crate) enum Layer {
 impl Layer {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         match self {
-            Layer::ReflectionPad(n) => x.f_reflection_pad2d([*n; 4]),
+            Layer::ReflectionPad(n) => pad::pad2d(x, pad::PadMode::Reflection, *n),
             Layer::Conv(conv) => conv.forward(x),
             Layer::InstanceNorm => {
                 x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, IN_EPS, true)

@@ -6,7 +6,11 @@
 //! * `Up(c)`: replication pad 1 → depthwise transposed conv, stride 2, padding 2, kernel
 //!   `4·(a aᵀ)/64`, `a = [1,3,3,1]` (side `2n+2`) → drop the first and last row and column
 //!   → side `2n`.
+//!
+//! The pads keep no tensor for backward ([`super::pad`]).
 use tch::{nn, TchError, Tensor};
+
+use super::pad::{pad2d, PadMode};
 
 /// `c × 1 × k × k` copies of the normalised outer product `scale · (t tᵀ) / (Σt)²`.
 fn binomial_filter(p: &nn::Path, taps: &[f64], scale: f64, channels: i64) -> Tensor {
@@ -35,7 +39,7 @@ impl Down {
     }
 
     pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_reflection_pad2d([1, 1, 1, 1])?
+        pad2d(x, PadMode::Reflection, 1)?
             .f_conv2d(&self.filt, None::<Tensor>, [2, 2], [0, 0], [1, 1], self.channels)
     }
 }
@@ -58,7 +62,7 @@ impl Up {
     }
 
     pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let y = x.f_replication_pad2d([1, 1, 1, 1])?.f_conv_transpose2d(
+        let y = pad2d(x, PadMode::Replication, 1)?.f_conv_transpose2d(
             &self.filt,
             None::<Tensor>,
             [2, 2],

@@ -1,0 +1,79 @@
+//! Reflection and replication padding as autograd nodes that keep no tensor for backward.
+//!
+//! aten's padding nodes save their input, although their backward reads only its shape. In
+//! the generator every pad follows a layer whose output nothing else keeps (a norm + ReLU, a
+//! residual sum), so each native pad holds one more activation alive until backward: two per
+//! residual block, one before each resampling step and one before the last convolution, in the
+//! translation pass and in the NCE encoder pass alike. These nodes keep the input's shape only;
+//! values and gradients are those of the native ops (the same aten kernels run).
+use tch::{Device, Kind, TchError, Tensor};
+
+use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
+use crate::error::invalid;
+
+/// How the border is filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    /// `x[-i] = x[i]` (the edge itself is not repeated).
+    Reflection,
+    /// `x[-i] = x[0]` (the edge is repeated).
+    Replication,
+}
+
+/// `x` (`B × C × H × W`) padded by `n` on every side. A plain aten call when `x` needs no
+/// gradient (nothing would be saved anyway).
+pub fn pad2d(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
+    if !x.requires_grad() {
+        return native_pad(x, mode, n);
+    }
+    Ok(apply(Pad2d { mode, n, input: None }, &[x])?.remove(0))
+}
+
+fn native_pad(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
+    match mode {
+        PadMode::Reflection => x.f_reflection_pad2d([n; 4]),
+        PadMode::Replication => x.f_replication_pad2d([n; 4]),
+    }
+}
+
+struct Pad2d {
+    mode: PadMode,
+    n: i64,
+    /// The input's shape, dtype and device, set by forward.
+    input: Option<(Vec<i64>, Kind, Device)>,
+}
+
+impl AutogradOp for Pad2d {
+    fn name(&self) -> &'static str {
+        "pad2d"
+    }
+
+    // y = P x, where P copies every input position to its own place and to the border
+    // positions that mirror it (reflection) or repeat it (replication). Nothing is saved.
+    fn forward(&mut self, _ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
+        let x = &inputs[0];
+        if x.dim() != 4 {
+            return Err(invalid(format!("pad2d expects a (B, C, H, W) tensor, got shape {:?}", x.size())));
+        }
+        self.input = Some((x.size(), x.kind(), x.device()));
+        Ok(vec![native_pad(x, self.mode, self.n)?])
+    }
+
+    // x̄ = Pᵀ ȳ: each input position receives the sum of the gradients of all its copies.
+    // aten's pad backward kernels compute exactly this and read only the input's shape, given
+    // here as a zero-stride stand-in of one element. Linear in ȳ, hence differentiable.
+    fn backward(&self, _ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
+        let Some(dy) = &grads[0] else { return Ok(vec![None]) };
+        let Some((shape, kind, device)) = &self.input else { return Err(invalid("pad2d: backward before forward")) };
+        let shape_only = Tensor::f_empty([1, 1, 1, 1], (*kind, *device))?.f_expand(shape.as_slice(), false)?;
+        let dx = match self.mode {
+            PadMode::Reflection => shape_only.f_reflection_pad2d_backward(dy, [self.n; 4])?,
+            PadMode::Replication => shape_only.f_replication_pad2d_backward(dy, [self.n; 4])?,
+        };
+        Ok(vec![Some(dx)])
+    }
+
+    fn differentiable_backward(&self) -> bool {
+        true
+    }
+}
