@@ -6,7 +6,7 @@
 //! residual block, one before each resampling step and one before the last convolution, in the
 //! translation pass and in the NCE encoder pass alike. These nodes keep the input's shape only;
 //! values and gradients are those of the native ops (the same aten kernels run).
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{TchError, Tensor};
 
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
@@ -26,7 +26,7 @@ pub fn pad2d(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
     if !x.requires_grad() {
         return native_pad(x, mode, n);
     }
-    Ok(apply(Pad2d { mode, n, input: None }, &[x])?.remove(0))
+    Ok(apply(Pad2d { mode, n, input_shape: Vec::new() }, &[x])?.remove(0))
 }
 
 fn native_pad(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
@@ -39,8 +39,8 @@ fn native_pad(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
 struct Pad2d {
     mode: PadMode,
     n: i64,
-    /// The input's shape, dtype and device, set by forward.
-    input: Option<(Vec<i64>, Kind, Device)>,
+    /// The input's shape, set by forward.
+    input_shape: Vec<i64>,
 }
 
 impl AutogradOp for Pad2d {
@@ -55,17 +55,17 @@ impl AutogradOp for Pad2d {
         if x.dim() != 4 {
             return Err(invalid(format!("pad2d expects a (B, C, H, W) tensor, got shape {:?}", x.size())));
         }
-        self.input = Some((x.size(), x.kind(), x.device()));
+        self.input_shape = x.size();
         Ok(vec![native_pad(x, self.mode, self.n)?])
     }
 
     // x̄ = Pᵀ ȳ: each input position receives the sum of the gradients of all its copies.
     // aten's pad backward kernels compute exactly this and read only the input's shape, given
-    // here as a zero-stride stand-in of one element. Linear in ȳ, hence differentiable.
+    // here as a zero-stride view of ȳ (no allocation). Linear in ȳ, hence differentiable.
     fn backward(&self, _ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let Some(dy) = &grads[0] else { return Ok(vec![None]) };
-        let Some((shape, kind, device)) = &self.input else { return Err(invalid("pad2d: backward before forward")) };
-        let shape_only = Tensor::f_empty([1, 1, 1, 1], (*kind, *device))?.f_expand(shape.as_slice(), false)?;
+        // (detached: the stand-in's own values, and so its gradient, play no part)
+        let shape_only = dy.f_detach()?.f_as_strided(self.input_shape.as_slice(), [0, 0, 0, 0], None)?;
         let dx = match self.mode {
             PadMode::Reflection => shape_only.f_reflection_pad2d_backward(dy, [self.n; 4])?,
             PadMode::Replication => shape_only.f_replication_pad2d_backward(dy, [self.n; 4])?,
