@@ -5,7 +5,8 @@
 # Sections (default: all, in this order): tests, profile, train, curves, ops.
 #   tests    the CUDA tests: pytest (ops, trainer, fast path, autocast) and the Rust tests
 #   profile  where the time goes: the QS op step at 64² (eager and CUDA-graph replay), a
-#            training iteration at 256² (profile-ops: the op step only)
+#            training iteration at 256² (profile-ops: the op step only; profile-512, not in
+#            the default list: a training iteration at 512²)
 #   train    benches/train_step.py: the configurations, ours vs the transcription,
 #            and the fast path (bf16 + channels-last) against float32 at 256², batch 1 and 4
 #   curves   benches/fast_path_curves.py: loss curves float32 vs the fast path
@@ -44,6 +45,10 @@ for section in $sections; do
             stamp "Profile: training iteration"
             timeout 150 python3 benches/profile_gpu.py train
         fi
+        ;;
+    profile-512)
+        stamp "Profile: training iteration at 512²"
+        timeout 200 python3 benches/profile_gpu.py train global:512:1
         ;;
     train)
         stamp "Training iteration benchmark"

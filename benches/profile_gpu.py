@@ -4,10 +4,11 @@
                                           # block sizes (time, peak memory) vs the composition,
                                           # kernels per step, the profiler's top kernels, and
                                           # each step replayed as one CUDA graph
-    python benches/profile_gpu.py train   # one training iteration at 256² as train_step.py runs
-                                          # it (ours fp32, ours bf16 + channels-last, the
-                                          # transcription): wall time against the summed kernel
-                                          # time, top kernels
+    python benches/profile_gpu.py train [mode:size:batch]
+                                          # one training iteration (default global:256:1) as
+                                          # train_step.py runs it (ours fp32, ours bf16 +
+                                          # channels-last, the transcription): wall time against
+                                          # the summed kernel time, top kernels
 
 The op block size is read once per process (QS_ATTN_BLOCK_ELEMENTS), so each block size runs
 in its own subprocess.
@@ -103,20 +104,21 @@ def ops() -> None:
             print(out.stderr[-2000:])
 
 
-def train_worker(impl: str) -> None:
+def train_worker(impl: str, config: str) -> None:
     import train_step
 
+    mode, size, batch = config.split(":")
     counter = iter(range(10**9))
-    step_i = train_step.make_step(impl, "global", 256, 1, "cuda")
+    step_i = train_step.make_step(impl, mode, int(size), int(batch), "cuda")
     step = lambda: step_i(next(counter))  # noqa: E731
     ms = _time_ms(step, iters=20, warmup=5)
-    print(f"\n# training iteration, {impl}, global 256²: {ms:.1f} ms wall per iteration")
+    print(f"\n# training iteration, {impl}, {mode} {size}², batch {batch}: {ms:.1f} ms wall per iteration")
     _profile(step, f"training iteration, {impl}", rows=20)
 
 
-def train() -> None:
+def train(config: str) -> None:
     for impl in ("ours", "ours_fast", "plain"):
-        out = subprocess.run([sys.executable, __file__, "train-worker", impl], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "train-worker", impl, config], capture_output=True, text=True)
         print(out.stdout.rstrip())
         if out.returncode != 0:
             print(out.stderr[-2000:])
@@ -127,10 +129,10 @@ if __name__ == "__main__":
     if what == "ops":
         ops()
     elif what == "train":
-        train()
+        train(sys.argv[2] if len(sys.argv) > 2 else "global:256:1")
     elif what == "ops-worker":
         print(json.dumps(ops_worker(sys.argv[2])))
     elif what == "train-worker":
-        train_worker(sys.argv[2])
+        train_worker(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(__doc__)
