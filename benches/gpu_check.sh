@@ -8,7 +8,8 @@
 #            training iteration at 256² (profile-ops: the op step only; profile-512, not in
 #            the default list: a training iteration at 512²)
 #   train    benches/train_step.py: the issue's configurations, ours vs the transcription,
-#            and the fast path (bf16 + channels-last) against float32 at 256², batch 1 and 4
+#            the bytes held for backward at 256² batch 4 (benches/saved_tensors.py), and the
+#            fast path (bf16 + channels-last) against float32 at 256², batch 1 and 4
 #   curves   benches/fast_path_curves.py: loss curves float32 vs the fast path
 #   ops      benches/bench_ops.py at 64²
 # Everything printed also goes to $OUT/log.txt; the curves' PNG to $OUT.
@@ -54,6 +55,8 @@ for section in $sections; do
         stamp "Training iteration benchmark"
         timeout 300 python3 benches/train_step.py --device cuda --configs none:256:1 global:256:1 local:256:1 \
             local_global:256:1 global:256:4 none:512:1 global:512:1
+        stamp "Bytes held for backward (the same as on the CPU?)"
+        timeout 120 python3 benches/saved_tensors.py --device cuda --configs global:256:4
         stamp "Fast path vs float32"
         # batch 1 is bound by kernel launches on an H200, batch 4 by the GPU's arithmetic
         timeout 240 python3 benches/train_step.py --device cuda --configs global:256:1 global:256:4 --fast
