@@ -11,11 +11,11 @@
 // * tensors crossing the boundary are heap `at::Tensor*` (what tch calls `C_tensor*`): borrowed
 //   when passed to Rust, owned (moved out and deleted here) when Rust hands them over.
 //
-// Backward is first-order only unless the op says its backward is differentiable: Rust then
-// computes gradients under no-grad and, when a higher-order graph is requested
-// (create_graph=True), the returned gradients get an Error node, so differentiating them again
-// fails loudly instead of silently giving zero. An op whose backward is differentiable (built
-// from differentiable tensor operations) runs it in the engine's grad mode instead.
+// By default backward is first-order only: Rust computes gradients under no-grad and, when a
+// higher-order graph is requested (create_graph=True), the returned gradients get an Error
+// node, so differentiating them again fails loudly instead of silently giving zero. An op whose
+// backward is built from differentiable tensor operations (a linear op's adjoint) says so; its
+// backward then runs in the engine's grad mode and its gradients carry their own graph.
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>

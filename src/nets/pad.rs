@@ -3,7 +3,7 @@
 //! aten's padding nodes save their input, although their backward reads only its shape. In
 //! the generator every pad follows a layer whose output nothing else keeps (a norm + ReLU, a
 //! residual sum), so each native pad holds one more activation alive until backward: two per
-//! residual block, one before each resampling step and one before the last convolution, in the
+//! residual block, one in each resampling step and one before the last convolution, in the
 //! translation pass and in the NCE encoder pass alike. These nodes keep the input's shape only;
 //! values and gradients are those of the native ops (the same aten kernels run).
 use tch::{TchError, Tensor};
