@@ -243,6 +243,34 @@ def test_builtin_discriminator_is_a_module():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+def test_gradient_penalty_through_the_discriminator_matches_the_transcription():
+    # a WGAN-GP penalty differentiates D's input gradient again: through our discriminator that
+    # is the double backward of its Rust padding nodes, against the transcription's aten pads
+    torch.manual_seed(2)
+    ours = qs_attn.Discriminator(ndf=8).double()
+    theirs = rc.NLayerDiscriminator(ndf=8).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 2 - 1
+
+    def penalty(D):
+        x_hat = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+        return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+    p_ours, p_theirs = penalty(ours), penalty(theirs)
+    torch.testing.assert_close(p_ours, p_theirs, rtol=1e-9, atol=1e-12)
+    p_ours.backward()
+    p_theirs.backward()
+    reached = 0
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        if b.grad is None:  # the last bias: the input gradient does not depend on it
+            assert a.grad is None or float(a.grad.abs().max()) == 0, name
+            continue
+        reached += 1
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    assert reached >= len(list(theirs.parameters())) - 1
+
+
 def test_trainer_networks_are_views_of_the_trainer(tmp_path):
     trainer = qs_attn.Trainer(name="views", checkpoints_dir=str(tmp_path), progress=False, mode="global", **TINY)
     G, D, F = trainer.G, trainer.D, trainer.F
