@@ -15,7 +15,7 @@ use tch::{TchError, Tensor};
 use torch_sys::C_tensor;
 
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
-use crate::error::invalid;
+use crate::error::{from_c, invalid};
 use crate::ops::check;
 
 /// `max(instance_norm(x), 0)` for `x` of shape `B × C × H × W` (no affine parameters, biased
@@ -68,8 +68,7 @@ fn batch_norm_input_grad(grad: &Tensor, input: &Tensor, mean: &Tensor, invstd: &
     let mut error: *const c_char = std::ptr::null();
     let dx = unsafe { qs_batch_norm_input_grad(grad.as_ptr(), input.as_ptr(), mean.as_ptr(), invstd.as_ptr(), eps, &mut error) };
     if dx.is_null() {
-        let msg = unsafe { std::ffi::CStr::from_ptr(error) }.to_string_lossy().into_owned();
-        return Err(invalid(format!("instance_norm_relu backward: {msg}")));
+        return Err(unsafe { from_c("instance_norm_relu backward", error) });
     }
     Ok(unsafe { Tensor::from_ptr(dx) })
 }

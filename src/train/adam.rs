@@ -1,11 +1,11 @@
 //! Adam (Kingma & Ba), with the exact update of `torch.optim.Adam` (no weight decay, no
 //! amsgrad), and its state as named tensors so that checkpoints can store and restore it.
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
 use tch::{no_grad, TchError, Tensor};
 use torch_sys::C_tensor;
 
-use crate::error::invalid;
+use crate::error::{from_c, invalid};
 
 pub struct Adam {
     /// (name, parameter) of every trainable variable, in a fixed (sorted) order.
@@ -78,8 +78,7 @@ impl Adam {
         if error.is_null() {
             Ok(())
         } else {
-            let msg = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            Err(invalid(format!("Adam step failed: {msg}")))
+            Err(unsafe { from_c("Adam step failed", error) })
         }
     }
 

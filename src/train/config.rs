@@ -64,11 +64,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// "cpu", "cuda", "cuda:N".
     pub device: String,
-    /// "fp32", or "bf16": autocast to bfloat16 for G, D and F (the opt-in fast path; QS-Attn
+    /// "fp32", or "bf16": autocast to bfloat16 for G and D (the opt-in fast path; F, QS-Attn
     /// and PatchNCE stay float32). See `train::precision`.
     pub precision: String,
-    /// Store convolution weights and images channels-last (NHWC): faster cuDNN convolutions,
-    /// with `precision = "bf16"` in particular.
+    /// Store convolution weights and images channels-last (NHWC): cuDNN's convolutions (in
+    /// bfloat16 above all) read it without transposes, while the pads and instance norms copy
+    /// to NCHW and back around them; whether it pays is measured in docs/benchmarks.md.
     pub channels_last: bool,
     /// On CUDA, let cuDNN time its convolution algorithms on the first iterations and keep the
     /// fastest (`torch.backends.cudnn.benchmark`, a process-wide switch; training shapes are
