@@ -17,6 +17,7 @@
 // backward is built from differentiable tensor operations (a linear op's adjoint) says so; its
 // backward then runs in the engine's grad mode and its gradients carry their own graph.
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
@@ -27,6 +28,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "error_text.h"
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -174,6 +177,26 @@ extern "C" {
 // compute dtype, fp32 for half/bf16 inputs); released with qs_autocast_guard_end.
 void* qs_autocast_guard_begin() { return new c10::impl::ExcludeDispatchKeyGuard(c10::autocast_dispatch_keyset); }
 void qs_autocast_guard_end(void* guard) { delete static_cast<c10::impl::ExcludeDispatchKeyGuard*>(guard); }
+
+// `t` as autocast hands it to a convolution: cast (differentiably) to autocast's dtype when
+// autocast is on for t's device on this thread and t is eligible (floating, not float64), else
+// t itself. For nodes that wrap a convolution, whose own passes run with autocast off.
+// nullptr with `error` set on failure; the caller owns the result.
+at::Tensor* qs_autocast_conv_input(const at::Tensor* t, const char** error) {
+  try {
+    const at::DeviceType device_type = t->device().type();
+    const bool on = at::autocast::is_autocast_available(device_type) &&
+                    at::autocast::is_autocast_enabled(device_type) &&
+                    !c10::impl::tls_is_dispatch_key_excluded(
+                        at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
+    if (!on) return new at::Tensor(*t);
+    return new at::Tensor(
+        at::autocast::cached_cast(at::autocast::get_autocast_dtype(device_type), *t, device_type));
+  } catch (...) {
+    *error = qs_current_error_text();
+    return nullptr;
+  }
+}
 
 // Runs `op` (a Rust `Box<Box<dyn AutogradOp>>`, owned from here on) as an autograd node.
 // On success the outputs are in `out`; on failure `out` carries the error message.

@@ -3,8 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/ops/native_batch_norm_backward.h>
 
-#include <exception>
-#include <string>
+#include "error_text.h"
 
 extern "C" {
 // dx of `y = (x − mean) · invstd` per channel of `input` (N × C × …, training statistics, no
@@ -12,17 +11,13 @@ extern "C" {
 // nullptr with `*error` set (valid until this thread's next call).
 at::Tensor* qs_batch_norm_input_grad(const at::Tensor* grad, const at::Tensor* input, const at::Tensor* mean,
                                      const at::Tensor* invstd, double eps, const char** error) {
-  static thread_local std::string message;
   try {
     auto grads = at::native_batch_norm_backward(*grad, *input, {}, {}, {}, *mean, *invstd, /*train=*/true, eps,
                                                 {true, false, false});
     return new at::Tensor(std::get<0>(grads));
-  } catch (const c10::Error& e) {
-    message = e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    message = e.what();
+  } catch (...) {
+    *error = qs_current_error_text();
+    return nullptr;
   }
-  *error = message.c_str();
-  return nullptr;
 }
 }

@@ -6,9 +6,9 @@
 #include <ATen/ops/_fused_adam.h>
 #include <c10/core/GradMode.h>
 
-#include <stdexcept>
-#include <string>
 #include <vector>
+
+#include "error_text.h"
 
 extern "C" {
 // One step over `n` parameters (all on one device, one dtype): `params[i]` is updated in place
@@ -18,7 +18,6 @@ extern "C" {
 const char* qs_fused_adam(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* exp_avgs,
                           at::Tensor* const* exp_avg_sqs, int64_t n, double step, double lr, double beta1,
                           double beta2, double eps) {
-  static thread_local std::string error;
   if (n == 0) return nullptr;
   try {
     c10::NoGradGuard no_grad;
@@ -38,12 +37,9 @@ const char* qs_fused_adam(at::Tensor* const* params, at::Tensor* const* grads, a
     at::_fused_adam_(p, g, m, v, {}, steps, lr, beta1, beta2, /*weight_decay=*/0.0, eps, /*amsgrad=*/false,
                      /*maximize=*/false);
     return nullptr;
-  } catch (const c10::Error& e) {
-    error = e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    error = e.what();
+  } catch (...) {
+    return qs_current_error_text();
   }
-  return error.c_str();
 }
 
 // Drops the gradients of `n` parameters (`p.grad = None`): the next backward allocates fresh

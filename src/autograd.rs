@@ -105,6 +105,19 @@ impl Drop for NoAutocast {
     }
 }
 
+/// `x` as autocast hands it to a convolution: cast (differentiably) to autocast's dtype where
+/// autocast is on for `x`'s device, else `x` itself. For nodes that wrap a convolution, whose
+/// passes run with autocast off ([`NoAutocast`]): cast before [`apply`], the node computes in
+/// the dtype the plain op would.
+pub fn autocast_conv_input(x: &Tensor) -> Result<Tensor, TchError> {
+    let mut error: *const c_char = std::ptr::null();
+    let p = unsafe { qs_autocast_conv_input(x.as_ptr(), &mut error) };
+    if p.is_null() {
+        return Err(unsafe { crate::error::from_c("autocast", error) });
+    }
+    Ok(unsafe { Tensor::from_ptr(p) })
+}
+
 /// Runs `op` on `inputs` as a node of the autograd graph and returns its outputs.
 pub fn apply<O: AutogradOp>(op: O, inputs: &[&Tensor]) -> Result<Vec<Tensor>, TchError> {
     let boxed: Box<Box<dyn AutogradOp>> = Box::new(Box::new(op));
@@ -131,6 +144,7 @@ struct QsSink {
 extern "C" {
     fn qs_autocast_guard_begin() -> *mut c_void;
     fn qs_autocast_guard_end(guard: *mut c_void);
+    fn qs_autocast_conv_input(t: *const C_tensor, error: *mut *const c_char) -> *mut C_tensor;
     fn qs_autograd_apply(op: *mut c_void, inputs: *const *const C_tensor, n: i64, out: *mut QsSink);
     fn qs_sink_new() -> *mut QsSink;
     fn qs_sink_free(s: *mut QsSink);

@@ -888,3 +888,134 @@ fn padding_nodes_keep_a_low_precision_dtype_and_reject_bad_shapes() {
     let err = pad2d(&flat, PadMode::Reflection, 1).unwrap_err().to_string();
     assert!(err.contains("(B, C, H, W)"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// the resampling nodes that keep no tensor
+
+/// `c × 1 × k × k` copies of `scale · t tᵀ / (Σt)²` in `kind`.
+fn binomial_kernel(taps: &[f64], scale: f64, c: i64, kind: Kind) -> Tensor {
+    let k = taps.len() as i64;
+    let t = Tensor::from_slice(taps);
+    let kernel = t.outer(&t) * (scale / taps.iter().sum::<f64>().powi(2));
+    kernel.view([1, 1, k, k]).expand([c, 1, k, k], false).to_kind(kind)
+}
+
+/// Down written out (index-form reflection pad, aten's strided depthwise convolution), the
+/// kernel in `x`'s dtype.
+fn down_by_index(x: &Tensor) -> Tensor {
+    let c = x.size()[1];
+    let k = binomial_kernel(&[1.0, 2.0, 1.0], 1.0, c, x.kind());
+    reflect_pad_by_index(x, 1).conv2d(&k, None::<Tensor>, [2, 2], [0, 0], [1, 1], c)
+}
+
+/// Up written out (index-form replication pad, aten's transposed depthwise convolution, the
+/// border rows and columns dropped), the kernel in `x`'s dtype.
+fn up_by_index(x: &Tensor) -> Tensor {
+    let c = x.size()[1];
+    let k = binomial_kernel(&[1.0, 3.0, 3.0, 1.0], 4.0, c, x.kind());
+    let full = replicate_pad_by_index(x, 1).conv_transpose2d(&k, None::<Tensor>, [2, 2], [2, 2], [0, 0], c, [1, 1]);
+    let (h, w) = (full.size()[2], full.size()[3]);
+    full.narrow(2, 1, h - 2).narrow(3, 1, w - 2)
+}
+
+/// Down(3) and Up(3) with float64 filters.
+fn resamplers_f64() -> (nn::VarStore, Down, Up) {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::Double);
+    let (down, up) = (Down::new(&(vs.root() / "down"), 3), Up::new(&(vs.root() / "up"), 3));
+    (vs, down, up)
+}
+
+#[test]
+fn resampling_nodes_equal_the_written_out_ops_in_values_and_gradients() {
+    let (_vs, down, up) = resamplers_f64();
+    let ours: [(&str, &dyn Fn(&Tensor) -> Tensor, fn(&Tensor) -> Tensor); 2] =
+        [("Down", &|x| down.forward(x), down_by_index), ("Up", &|x| up.forward(x), up_by_index)];
+    for (name, node, reference) in ours {
+        // odd and even sides: Down's backward restores the padded side with output padding 0 / 1
+        for (h, w) in [(5i64, 7i64), (6, 8), (2, 3)] {
+            let x0 = seeded(21, || Tensor::randn([2, 3, h, w], (Kind::Double, Device::Cpu)));
+            let (x_ours, x_ref) = (x0.copy().set_requires_grad(true), x0.copy().set_requires_grad(true));
+            let (y_ours, y_ref) = (node(&x_ours), reference(&x_ref));
+            assert_close(&format!("{name} {h}×{w}: values"), &y_ours, &y_ref, 1e-14);
+            let upstream = seeded(22, || Tensor::randn(y_ref.size().as_slice(), (Kind::Double, Device::Cpu)));
+            (&y_ours * &upstream).sum(Kind::Double).backward();
+            (&y_ref * &upstream).sum(Kind::Double).backward();
+            assert_close(&format!("{name} {h}×{w}: input gradient"), &x_ours.grad(), &x_ref.grad(), 1e-12);
+        }
+    }
+}
+
+#[test]
+fn resampling_nodes_are_twice_differentiable() {
+    // a gradient penalty through the step: L = Σ c·step(x)², G = ∂L/∂x (with its graph), then
+    // ∂(Σ v·G)/∂x, against the same through the written-out ops
+    let (_vs, down, up) = resamplers_f64();
+    let ours: [(&str, &dyn Fn(&Tensor) -> Tensor, fn(&Tensor) -> Tensor); 2] =
+        [("Down", &|x| down.forward(x), down_by_index), ("Up", &|x| up.forward(x), up_by_index)];
+    for (name, node, reference) in ours {
+        let x0 = seeded(23, || Tensor::randn([1, 3, 5, 6], (Kind::Double, Device::Cpu)));
+        let c = seeded(24, || Tensor::randn(reference(&x0).size().as_slice(), (Kind::Double, Device::Cpu)));
+        let v = seeded(25, || Tensor::randn([1, 3, 5, 6], (Kind::Double, Device::Cpu)));
+        let second = |step: &dyn Fn(&Tensor) -> Tensor| {
+            let x = x0.copy().set_requires_grad(true);
+            let loss = (step(&x).square() * &c).sum(Kind::Double);
+            let g = Tensor::run_backward(&[loss], &[&x], true, true).remove(0);
+            let gg = Tensor::run_backward(&[(&g * &v).sum(Kind::Double)], &[&x], false, false).remove(0);
+            (g, gg)
+        };
+        let ((g_ours, gg_ours), (g_ref, gg_ref)) = (second(node), second(&reference));
+        assert_close(&format!("{name}: first derivative"), &g_ours, &g_ref, 1e-12);
+        assert_close(&format!("{name}: second derivative"), &gg_ours, &gg_ref, 1e-12);
+        assert!(gg_ref.abs().max().double_value(&[]) > 0.01, "{name}: the check is not vacuous");
+    }
+}
+
+#[test]
+fn resampling_nodes_keep_a_low_precision_dtype_and_reject_bad_shapes() {
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    vs.set_kind(Kind::BFloat16);
+    let (down, up) = (Down::new(&(vs.root() / "down"), 2), Up::new(&(vs.root() / "up"), 2));
+    let steps: [(&str, &dyn Fn(&Tensor) -> Result<Tensor, tch::TchError>); 2] =
+        [("Down", &|x| down.f_forward(x)), ("Up", &|x| up.f_forward(x))];
+    for (name, step) in steps {
+        let x = seeded(26, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let y = step(&x).unwrap();
+        assert_eq!(y.kind(), Kind::BFloat16, "{name}");
+        y.to_kind(Kind::Float).sum(Kind::Float).backward();
+        assert_eq!(x.grad().kind(), Kind::BFloat16, "{name}: the gradient has the input's dtype");
+        let unbatched = Tensor::zeros([2, 4, 4], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+        let err = step(&unbatched).unwrap_err().to_string();
+        assert!(err.contains("(B, C, H, W)"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn resampling_nodes_under_autocast_compute_as_the_plain_ops_would() {
+    // bf16 autocast on the CPU: a float32 input is cast for the convolution, the output is
+    // bfloat16 and the gradient float32, as with the written-out ops
+    use qs_attn::train::precision::{Bf16Autocast, Precision};
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (down, up) = (Down::new(&(vs.root() / "down"), 3), Up::new(&(vs.root() / "up"), 3));
+    let steps: [(&str, &dyn Fn(&Tensor) -> Tensor, fn(&Tensor) -> Tensor); 2] =
+        [("Down", &|x| down.forward(x), down_by_index), ("Up", &|x| up.forward(x), up_by_index)];
+    for (name, node, reference) in steps {
+        let x0 = seeded(27, || Tensor::randn([2, 3, 6, 7], (Kind::Float, Device::Cpu)));
+        let run = |step: &dyn Fn(&Tensor) -> Tensor| {
+            let x = x0.copy().set_requires_grad(true);
+            let y = {
+                let _autocast = Bf16Autocast::scope(Precision::Bf16, Device::Cpu);
+                step(&x)
+            };
+            let upstream = seeded(28, || Tensor::randn(y.size().as_slice(), (Kind::Float, Device::Cpu)));
+            (y.to_kind(Kind::Float) * upstream).sum(Kind::Float).backward();
+            (y, x.grad())
+        };
+        let ((y_ours, dx_ours), (y_ref, dx_ref)) = (run(node), run(&reference));
+        assert_eq!((y_ours.kind(), y_ref.kind()), (Kind::BFloat16, Kind::BFloat16), "{name}");
+        assert_close(&format!("{name}: values"), &y_ours, &y_ref, 0.0);
+        assert_eq!(dx_ours.kind(), Kind::Float, "{name}");
+        // both gradients are bfloat16 products cast up; their accumulation order may differ
+        assert_close(&format!("{name}: input gradient"), &dx_ours, &dx_ref, 0.02 * dx_ref.abs().max().double_value(&[]));
+    }
+}

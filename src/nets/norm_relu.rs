@@ -2,8 +2,8 @@
 //!
 //! Run as two ops, autograd keeps the norm's input *and* the ReLU's output of every such pair.
 //! The output is needed by nothing else wherever a pad follows (in the generator's residual
-//! blocks and before each downsampling step), once the pad keeps no tensor either
-//! ([`super::pad`]; aten's pad node would keep this very output). Recomputing the ReLU's mask
+//! blocks and in each downsampling step), once the pad keeps no tensor either
+//! ([`super::pad`], [`super::resample`]; aten's pad node would keep this very output). Recomputing the ReLU's mask
 //! from the input in backward drops those tensors (measured with aten's pads: the training
 //! step's CUDA peak at 256², batch 1, went from 2,293 to 2,239 MiB; docs/benchmarks.md). The
 //! values are those of the two ops.

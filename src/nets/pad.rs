@@ -3,9 +3,10 @@
 //! aten's padding nodes save their input, although their backward reads only its shape. In
 //! the generator every pad follows a layer whose output nothing else keeps (a norm + ReLU, a
 //! residual sum), so each native pad holds one more activation alive until backward: two per
-//! residual block, one in each resampling step and one before the last convolution, in the
-//! translation pass and in the NCE encoder pass alike. These nodes keep the input's shape only;
-//! values and gradients are those of the native ops (the same aten kernels run).
+//! residual block and one before the last convolution, in the translation pass and in the NCE
+//! encoder pass alike (the resampling steps pad inside their own node, [`super::resample`]).
+//! These nodes keep the input's shape only; values and gradients are those of the native ops
+//! (the same aten kernels run).
 use tch::{TchError, Tensor};
 
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
@@ -29,10 +30,23 @@ pub fn pad2d(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
     Ok(apply(Pad2d { mode, n, input_shape: Vec::new() }, &[x])?.remove(0))
 }
 
-fn native_pad(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
+/// aten's padding op (its autograd node, where grad mode is on, saves `x`).
+pub(crate) fn native_pad(x: &Tensor, mode: PadMode, n: i64) -> Result<Tensor, TchError> {
     match mode {
         PadMode::Reflection => x.f_reflection_pad2d([n; 4]),
         PadMode::Replication => x.f_replication_pad2d([n; 4]),
+    }
+}
+
+/// x̄ = Pᵀ ȳ for `ȳ` of the padded shape and an input of `input_shape`: each input position
+/// receives the sum of the gradients of all its copies. aten's pad backward kernels compute
+/// exactly this and read only the input's shape, given here as a zero-stride view of `ȳ` (no
+/// allocation; detached, as its values play no part). Differentiable in `ȳ`.
+pub(crate) fn pad2d_backward(dy: &Tensor, mode: PadMode, n: i64, input_shape: &[i64]) -> Result<Tensor, TchError> {
+    let shape_only = dy.f_detach()?.f_as_strided(input_shape, [0, 0, 0, 0], None)?;
+    match mode {
+        PadMode::Reflection => shape_only.f_reflection_pad2d_backward(dy, [n; 4]),
+        PadMode::Replication => shape_only.f_replication_pad2d_backward(dy, [n; 4]),
     }
 }
 
@@ -59,18 +73,10 @@ impl AutogradOp for Pad2d {
         Ok(vec![native_pad(x, self.mode, self.n)?])
     }
 
-    // x̄ = Pᵀ ȳ: each input position receives the sum of the gradients of all its copies.
-    // aten's pad backward kernels compute exactly this and read only the input's shape, given
-    // here as a zero-stride view of ȳ (no allocation). Linear in ȳ, hence differentiable.
+    // x̄ = Pᵀ ȳ (pad2d_backward). Linear in ȳ, hence differentiable.
     fn backward(&self, _ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let Some(dy) = &grads[0] else { return Ok(vec![None]) };
-        // (detached: the stand-in's own values, and so its gradient, play no part)
-        let shape_only = dy.f_detach()?.f_as_strided(self.input_shape.as_slice(), [0, 0, 0, 0], None)?;
-        let dx = match self.mode {
-            PadMode::Reflection => shape_only.f_reflection_pad2d_backward(dy, [self.n; 4])?,
-            PadMode::Replication => shape_only.f_replication_pad2d_backward(dy, [self.n; 4])?,
-        };
-        Ok(vec![Some(dx)])
+        Ok(vec![Some(pad2d_backward(dy, self.mode, self.n, &self.input_shape)?)])
     }
 
     fn differentiable_backward(&self) -> bool {

@@ -7,10 +7,18 @@
 //!   `4·(a aᵀ)/64`, `a = [1,3,3,1]` (side `2n+2`) → drop the first and last row and column
 //!   → side `2n`.
 //!
-//! The pads keep no tensor for backward ([`super::pad`]).
-use tch::{nn, TchError, Tensor};
+//! Each runs as one autograd node (pad and filter together) that keeps no tensor for backward:
+//! the filter is fixed and the pads and the convolutions are linear, so the input gradient is
+//! the adjoint applied to the output gradient, which needs only the input's shape. Run as aten
+//! ops, the convolution would keep its padded input (for the filter's gradient, which nothing
+//! uses) and a native pad the input itself, an activation nothing else keeps: the output of a
+//! norm + ReLU (generator) or of a LeakyReLU (discriminator) before Down, a residual sum or a
+//! norm + ReLU before Up. The values are those of aten's ops (the same kernels run forward).
+use tch::{nn, Kind, TchError, Tensor};
 
-use super::pad::{pad2d, PadMode};
+use super::pad::{native_pad, pad2d_backward, PadMode};
+use crate::autograd::{apply, autocast_conv_input, AutogradOp, BackwardContext, ForwardContext};
+use crate::error::invalid;
 
 /// `c × 1 × k × k` copies of the normalised outer product `scale · (t tᵀ) / (Σt)²`.
 fn binomial_filter(p: &nn::Path, taps: &[f64], scale: f64, channels: i64) -> Tensor {
@@ -39,8 +47,8 @@ impl Down {
     }
 
     pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        pad2d(x, PadMode::Reflection, 1)?
-            .f_conv2d(&self.filt, None::<Tensor>, [2, 2], [0, 0], [1, 1], self.channels)
+        let node = Resample { kind: ResampleKind::Down, filt: self.filt.shallow_clone(), channels: self.channels, input: None };
+        node.run(x)
     }
 }
 
@@ -62,16 +70,104 @@ impl Up {
     }
 
     pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let y = pad2d(x, PadMode::Replication, 1)?.f_conv_transpose2d(
-            &self.filt,
-            None::<Tensor>,
-            [2, 2],
-            [2, 2],
-            [0, 0],
-            self.channels,
-            [1, 1],
-        )?;
-        let (h, w) = (y.size()[2], y.size()[3]);
-        y.f_narrow(2, 1, h - 2)?.f_narrow(3, 1, w - 2)
+        let node = Resample { kind: ResampleKind::Up, filt: self.filt.shallow_clone(), channels: self.channels, input: None };
+        node.run(x)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ResampleKind {
+    Down,
+    Up,
+}
+
+/// The node of one resampling step: the fixed filter `filt` (`c × 1 × k × k`, depthwise).
+struct Resample {
+    kind: ResampleKind,
+    filt: Tensor,
+    channels: i64,
+    /// The input's shape and dtype, set by forward.
+    input: Option<(Vec<i64>, Kind)>,
+}
+
+impl Resample {
+    /// The step on `x`: through the node when `x` needs a gradient, else the plain ops; in
+    /// `x`'s dtype, or autocast's where autocast is on (as aten's convolution would).
+    fn run(self, x: &Tensor) -> Result<Tensor, TchError> {
+        let x = autocast_conv_input(x)?;
+        if !x.requires_grad() {
+            return self.forward_ops(&x);
+        }
+        Ok(apply(self, &[&x])?.remove(0))
+    }
+
+    // Down: y = K_s2 · R₁ x — reflection pad 1 (R₁), then the depthwise 3×3 blur at stride 2.
+    // Up:   y = N · Kᵀ_s2,p2 · E₁ x — replication pad 1 (E₁), the depthwise 4×4 transposed
+    //       convolution at stride 2 and padding 2 (side 2n+2), then N drops the first and last
+    //       row and column (side 2n).
+    fn forward_ops(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let (filt, c) = (self.filt.f_to_kind(x.kind())?, self.channels);
+        match self.kind {
+            ResampleKind::Down => {
+                native_pad(x, PadMode::Reflection, 1)?.f_conv2d(&filt, None::<Tensor>, [2, 2], [0, 0], [1, 1], c)
+            }
+            ResampleKind::Up => {
+                let full = native_pad(x, PadMode::Replication, 1)?
+                    .f_conv_transpose2d(&filt, None::<Tensor>, [2, 2], [2, 2], [0, 0], c, [1, 1])?;
+                let (h, w) = (full.size()[2], full.size()[3]);
+                full.f_narrow(2, 1, h - 2)?.f_narrow(3, 1, w - 2)
+            }
+        }
+    }
+}
+
+impl AutogradOp for Resample {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            ResampleKind::Down => "downsample",
+            ResampleKind::Up => "upsample",
+        }
+    }
+
+    // forward_ops (filter in x's dtype), with grad mode off (x's shape and dtype kept; nothing
+    // saved).
+    fn forward(&mut self, _ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
+        let x = &inputs[0];
+        if x.dim() != 4 {
+            return Err(invalid(format!("{} expects a (B, C, H, W) tensor, got shape {:?}", self.name(), x.size())));
+        }
+        self.input = Some((x.size(), x.kind()));
+        Ok(vec![self.forward_ops(x)?])
+    }
+
+    // The adjoints, in ȳ's dtype (bfloat16 under autocast), returned in x's:
+    // Down: x̄ = R₁ᵀ · K_s2ᵀ ȳ, K_s2ᵀ being the transposed convolution with the same filter
+    //       (output padding 0 or 1 restores the padded side n+2 from ⌊(n−1)/2⌋+1).
+    // Up:   x̄ = E₁ᵀ · K_s2,p2 · Nᵀ ȳ; Nᵀ (zeros around ȳ) folds into the convolution's padding,
+    //       3 in place of 2: output i reads ȳ's rows 2i−3 … 2i, the full map's 2i−2 … 2i+1.
+    // R₁ᵀ and E₁ᵀ are aten's pad backward kernels (pad2d_backward). All linear in ȳ, hence
+    // differentiable (gradient penalties through the discriminator's Down).
+    fn backward(&self, _ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
+        let Some(dy) = &grads[0] else { return Ok(vec![None]) };
+        let Some((input_shape, input_kind)) = &self.input else { return Err(invalid("resample: backward before forward")) };
+        let (filt, c) = (self.filt.f_to_kind(dy.kind())?, self.channels);
+        let dx = match self.kind {
+            ResampleKind::Down => {
+                let (padded_h, padded_w) = (input_shape[2] + 2, input_shape[3] + 2);
+                let (out_h, out_w) = (dy.size()[2], dy.size()[3]);
+                let output_padding = [padded_h - 2 * out_h - 1, padded_w - 2 * out_w - 1];
+                let d_padded = dy.f_conv_transpose2d(&filt, None::<Tensor>, [2, 2], [0, 0], output_padding, c, [1, 1])?;
+                pad2d_backward(&d_padded, PadMode::Reflection, 1, input_shape)?
+            }
+            ResampleKind::Up => {
+                let d_padded = dy.f_conv2d(&filt, None::<Tensor>, [2, 2], [3, 3], [1, 1], c)?;
+                pad2d_backward(&d_padded, PadMode::Replication, 1, input_shape)?
+            }
+        };
+        Ok(vec![Some(dx.f_to_kind(*input_kind)?)])
+    }
+
+    fn differentiable_backward(&self) -> bool {
+        true
     }
 }
