@@ -1019,3 +1019,139 @@ fn resampling_nodes_under_autocast_compute_as_the_plain_ops_would() {
         assert_close(&format!("{name}: input gradient"), &dx_ours, &dx_ref, 0.02 * dx_ref.abs().max().double_value(&[]));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// channels-last inputs keep their layout through pads, resampling and instance norms
+
+/// `t` stored channels-last (NHWC in memory), same values.
+fn nhwc(t: &Tensor) -> Tensor {
+    let stored = t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    stored.set_requires_grad(t.requires_grad())
+}
+
+fn is_nhwc(t: &Tensor) -> bool {
+    !t.is_contiguous() && t.permute([0, 2, 3, 1]).is_contiguous()
+}
+
+/// An op on a channels-last float64 input against a reference on the NCHW one: the op's output
+/// and (for a channels-last upstream gradient) its input gradient are channels-last, and both
+/// equal the reference's within `tol`; with an NCHW upstream gradient the input gradient is
+/// equal as well.
+fn check_channels_last(name: &str, shape: &[i64], op: &dyn Fn(&Tensor) -> Tensor, reference: &dyn Fn(&Tensor) -> Tensor, tol: f64) {
+    let x0 = seeded(31, || Tensor::randn(shape, (Kind::Double, Device::Cpu)));
+    let y_ref_shape = reference(&x0).size();
+    let upstream = seeded(32, || Tensor::randn(y_ref_shape.as_slice(), (Kind::Double, Device::Cpu)));
+    for upstream_nhwc in [true, false] {
+        let x_ours = nhwc(&x0).set_requires_grad(true);
+        let x_ref = x0.copy().set_requires_grad(true);
+        let (y_ours, y_ref) = (op(&x_ours), reference(&x_ref));
+        assert!(is_nhwc(&y_ours), "{name}: the output is channels-last, strides {:?}", y_ours.stride());
+        assert_close(&format!("{name}: values"), &y_ours, &y_ref, tol);
+        let dy = if upstream_nhwc { nhwc(&upstream) } else { upstream.copy() };
+        // (the product's backward hands each op the upstream tensor's layout)
+        (&y_ours * &dy).sum(Kind::Double).backward();
+        (&y_ref * &upstream).sum(Kind::Double).backward();
+        if upstream_nhwc {
+            assert!(is_nhwc(&x_ours.grad()), "{name}: the input gradient is channels-last");
+        }
+        assert_close(&format!("{name}: input gradient (NHWC upstream: {upstream_nhwc})"), &x_ours.grad(), &x_ref.grad(), tol);
+    }
+}
+
+#[test]
+fn padding_keeps_the_channels_last_layout() {
+    use qs_attn::nets::pad::{pad2d, PadMode};
+    for n in [1i64, 3] {
+        check_channels_last(&format!("reflection {n}"), &[2, 5, 6, 7], &|x| pad2d(x, PadMode::Reflection, n).unwrap(), &|x| reflect_pad_by_index(x, n), 1e-12);
+        check_channels_last(&format!("replication {n}"), &[2, 5, 6, 7], &|x| pad2d(x, PadMode::Replication, n).unwrap(), &|x| replicate_pad_by_index(x, n), 1e-12);
+    }
+    // without a gradient (the plain aten path)
+    let x = nhwc(&seeded(33, || Tensor::randn([2, 5, 6, 7], (Kind::Float, Device::Cpu))));
+    let y = pad2d(&x, PadMode::Reflection, 1).unwrap();
+    assert!(is_nhwc(&y));
+    assert_close("reflection without a gradient", &y, &reflect_pad_by_index(&x, 1), 0.0);
+}
+
+#[test]
+fn resampling_keeps_the_channels_last_layout() {
+    let (_vs, down, up) = resamplers_f64();
+    check_channels_last("Down", &[2, 3, 7, 6], &|x| down.forward(x), &down_by_index, 1e-12);
+    check_channels_last("Up", &[2, 3, 5, 6], &|x| up.forward(x), &up_by_index, 1e-12);
+}
+
+#[test]
+fn instance_norms_keep_the_channels_last_layout() {
+    use qs_attn::nets::norm_relu::{instance_norm, instance_norm_relu};
+    let norm_by_hand = |x: &Tensor| instance_norm_by_hand(x);
+    let relu_by_hand = |x: &Tensor| instance_norm_by_hand(x).relu();
+    // several images (normalised image by image) and one (the whole-batch view)
+    for shape in [[3i64, 4, 5, 6], [1, 4, 5, 6]] {
+        check_channels_last(&format!("norm + ReLU {shape:?}"), &shape, &|x| instance_norm_relu(x, 1e-5).unwrap(), &relu_by_hand, 1e-10);
+        check_channels_last(&format!("norm {shape:?}"), &shape, &|x| instance_norm(x, 1e-5).unwrap(), &norm_by_hand, 1e-10);
+    }
+}
+
+#[test]
+fn channels_last_generator_and_discriminator_equal_the_nchw_ones() {
+    // every layer of both networks on a channels-last batch (the fast path's layout) against
+    // the same networks on NCHW tensors: the same values and parameter gradients
+    let cfg = GeneratorConfig { ngf: 4, n_blocks: 2, ..GeneratorConfig::default() };
+    let (mut vs_g, g) = generator(&cfg);
+    let (mut vs_d, d) = discriminator(&DiscriminatorConfig { ndf: 4, ..Default::default() });
+    vs_g.set_kind(Kind::Double);
+    vs_d.set_kind(Kind::Double);
+    let x = seeded(34, || Tensor::randn([2, 3, 32, 32], (Kind::Double, Device::Cpu)));
+    let run = |x: &Tensor| {
+        for (_, mut p) in vs_g.variables().into_iter().chain(vs_d.variables()) {
+            p.zero_grad();
+        }
+        let fake = g.f_forward(x).unwrap();
+        let score = d.f_forward(&fake).unwrap();
+        let upstream = seeded(35, || Tensor::randn(score.size().as_slice(), (Kind::Double, Device::Cpu)));
+        (&score * upstream).sum(Kind::Double).backward();
+        let mut grads: Vec<(String, Tensor)> = [("G", &vs_g), ("D", &vs_d)]
+            .iter()
+            .flat_map(|(net, vs)| vs.variables().into_iter().map(move |(k, p)| (format!("{net}.{k}"), p)))
+            .filter(|(_, p)| p.requires_grad())
+            .map(|(k, p)| (k, p.grad().copy()))
+            .collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        (fake, score, grads)
+    };
+    let (fake_nchw, score_nchw, grads_nchw) = run(&x);
+    let (fake_nhwc, score_nhwc, grads_nhwc) = run(&nhwc(&x));
+    assert!(is_nhwc(&fake_nhwc), "the translation stays channels-last");
+    assert_close("translation", &fake_nhwc, &fake_nchw, 1e-10);
+    assert_close("discriminator", &score_nhwc, &score_nchw, 1e-10);
+    for ((name, a), (_, b)) in grads_nhwc.iter().zip(&grads_nchw) {
+        assert_close(&format!("gradient of {name}"), a, b, 1e-9 * (1.0 + b.abs().max().double_value(&[])));
+    }
+}
+
+#[test]
+fn projector_rows_of_channels_last_maps_equal_the_nchw_ones_and_keep_the_layout() {
+    // random slots at shared (N,) and per-image (B, N) ids: the same rows, the same gradients,
+    // and the gradient of a channels-last map is channels-last (NCHW stays NCHW)
+    for per_image_ids in [false, true] {
+        let cfg = ProjectorConfig { per_image_ids, ..projector_config(16, None, vec![]) };
+        let (_vs, f) = projector(&cfg);
+        let mut sampler = PatchSampler::new(9);
+        let (_, samples) = f.sample_source(&maps(50), 12, &mut sampler, None).unwrap();
+        let run = |channels_last: bool| {
+            let feats: Vec<Tensor> =
+                maps(60).iter().map(|m| if channels_last { nhwc(m) } else { m.copy() }.set_requires_grad(true)).collect();
+            let rows = f.sample_target(&feats, &samples).unwrap();
+            let loss: Tensor = rows.iter().enumerate().map(|(s, r)| (r * (s as f64 + 1.0)).sin().sum(Kind::Float)).sum();
+            loss.backward();
+            (rows, feats.iter().map(|m| m.grad()).collect::<Vec<_>>())
+        };
+        let ((rows_nchw, grads_nchw), (rows_nhwc, grads_nhwc)) = (run(false), run(true));
+        for s in 0..rows_nchw.len() {
+            assert_close(&format!("rows of slot {s} (per-image ids: {per_image_ids})"), &rows_nhwc[s], &rows_nchw[s], 1e-6);
+            assert_close(&format!("map gradient of slot {s}"), &grads_nhwc[s], &grads_nchw[s], 1e-6);
+            assert!(grads_nchw[s].is_contiguous(), "slot {s}: NCHW gradient for an NCHW map");
+            // (slot 0 has C = 3 > 1, so NHWC differs from NCHW for every slot)
+            assert!(is_nhwc(&grads_nhwc[s]), "slot {s}: NHWC gradient for a channels-last map, strides {:?}", grads_nhwc[s].stride());
+        }
+    }
+}

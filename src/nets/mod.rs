@@ -66,7 +66,7 @@ pub(crate) enum Layer {
     ReflectionPad(i64),
     Conv(Conv),
     /// Instance norm: per (b, c), `(x − mean) / sqrt(var + 1e-5)` over H·W, biased variance,
-    /// no affine parameters, no running statistics.
+    /// no affine parameters, no running statistics. Keeps a channels-last input's layout.
     InstanceNorm,
     Relu,
     /// `max(x, 0) + slope · min(x, 0)`.
@@ -83,9 +83,9 @@ impl Layer {
         match self {
             Layer::ReflectionPad(n) => pad::pad2d(x, pad::PadMode::Reflection, *n),
             Layer::Conv(conv) => conv.forward(x),
-            Layer::InstanceNorm => {
-                x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, IN_EPS, true)
-            }
+            // (aten's instance norm would turn a channels-last input into NCHW)
+            Layer::InstanceNorm if is_channels_last(x) => norm_relu::instance_norm(x, IN_EPS),
+            Layer::InstanceNorm => x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, IN_EPS, true),
             Layer::Relu => x.f_relu(),
             // prelu with one shared slope is leaky ReLU (gradient `slope` at 0, as leaky_relu);
             // the slope is filled on the input's device (no host-to-device copy).
@@ -129,6 +129,26 @@ pub(crate) fn run_with_outputs(
         i += 1;
     }
     Ok(h)
+}
+
+/// Whether `t` is a `B × C × H × W` tensor stored channels-last (NHWC in memory) and not
+/// also contiguous (as it is when C = 1 or H·W = 1): ops that would otherwise convert it to NCHW
+/// take a path that keeps the layout. Read from the strides (no op dispatched): C innermost,
+/// then W, H and B, each dense over the ones inside it (a dimension of size 1 may have any
+/// stride, as in torch's contiguity).
+pub(crate) fn is_channels_last(t: &Tensor) -> bool {
+    if t.dim() != 4 || t.is_contiguous() {
+        return false;
+    }
+    let (size, stride) = (t.size(), t.stride());
+    let mut dense = 1;
+    for d in [1, 3, 2, 0] {
+        if size[d] != 1 && stride[d] != dense {
+            return false;
+        }
+        dense *= size[d];
+    }
+    true
 }
 
 /// Checks that `x` is a `B × channels × H × W` batch.

@@ -14,6 +14,7 @@
 //! call; initialise them with `init::init_weights` (§3.1).
 use tch::{nn, Kind, TchError, Tensor};
 
+use super::is_channels_last;
 use crate::device::to_device_async;
 use crate::error::invalid;
 use crate::ops::{self, LocalLayout, PatchSampler, QsMode, Selection};
@@ -346,8 +347,22 @@ fn check_ids(slot: usize, ids: &Tensor, batch: i64, positions: i64) -> Result<()
 
 /// Rows of `feat` (`B × C × H × W`) at raster positions `ids` (`(N,)` shared or `(B, N)`),
 /// stacked image-major: `(B·N) × C`, row `b·N + n` = `feat[b, :, ids[n]]`.
+///
+/// Picked along the axis that is contiguous in memory, so the gradient (scattered into zeros
+/// of the picked-from view's shape) comes back in `feat`'s layout: NCHW for an NCHW map, NHWC
+/// for a channels-last one (whose rows are read as contiguous runs of C values).
 fn gather_rows(feat: &Tensor, ids: &Tensor) -> Result<Tensor, TchError> {
     let (b, c, _, _) = feat.size4()?;
+    if is_channels_last(feat) {
+        let rows = feat.f_flatten(2, 3)?.f_transpose(1, 2)?; // B × P × C (a contiguous view)
+        let picked = if ids.dim() == 1 {
+            rows.f_index_select(1, ids)?
+        } else {
+            let n = ids.size()[1];
+            rows.f_gather(1, &ids.f_unsqueeze(2)?.f_expand([b, n, c], false)?, false)?
+        };
+        return picked.f_reshape([-1, c]);
+    }
     let flat = feat.f_flatten(2, 3)?; // B × C × P (a view)
     let picked = if ids.dim() == 1 {
         flat.f_index_select(2, ids)?

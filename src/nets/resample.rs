@@ -104,19 +104,17 @@ impl Resample {
     // Down: y = K_s2 · R₁ x — reflection pad 1 (R₁), then the depthwise 3×3 blur at stride 2.
     // Up:   y = N · Kᵀ_s2,p2 · E₁ x — replication pad 1 (E₁), the depthwise 4×4 transposed
     //       convolution at stride 2 and padding 2 (side 2n+2), then N drops the first and last
-    //       row and column (side 2n).
+    //       row and column (side 2n). A transposed convolution's padding p drops p rows and
+    //       columns on each side of its full output, so N · Kᵀ_s2,p2 = Kᵀ_s2,p3: one op whose
+    //       output is contiguous (a cropped view would be copied by the next convolution).
     fn forward_ops(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let (filt, c) = (self.filt.f_to_kind(x.kind())?, self.channels);
         match self.kind {
             ResampleKind::Down => {
                 native_pad(x, PadMode::Reflection, 1)?.f_conv2d(&filt, None::<Tensor>, [2, 2], [0, 0], [1, 1], c)
             }
-            ResampleKind::Up => {
-                let full = native_pad(x, PadMode::Replication, 1)?
-                    .f_conv_transpose2d(&filt, None::<Tensor>, [2, 2], [2, 2], [0, 0], c, [1, 1])?;
-                let (h, w) = (full.size()[2], full.size()[3]);
-                full.f_narrow(2, 1, h - 2)?.f_narrow(3, 1, w - 2)
-            }
+            ResampleKind::Up => native_pad(x, PadMode::Replication, 1)?
+                .f_conv_transpose2d(&filt, None::<Tensor>, [2, 2], [3, 3], [0, 0], c, [1, 1]),
         }
     }
 }
@@ -143,8 +141,8 @@ impl AutogradOp for Resample {
     // The adjoints, in ȳ's dtype (bfloat16 under autocast), returned in x's:
     // Down: x̄ = R₁ᵀ · K_s2ᵀ ȳ, K_s2ᵀ being the transposed convolution with the same filter
     //       (output padding 0 or 1 restores the padded side n+2 from ⌊(n−1)/2⌋+1).
-    // Up:   x̄ = E₁ᵀ · K_s2,p2 · Nᵀ ȳ; Nᵀ (zeros around ȳ) folds into the convolution's padding,
-    //       3 in place of 2: output i reads ȳ's rows 2i−3 … 2i, the full map's 2i−2 … 2i+1.
+    // Up:   x̄ = E₁ᵀ · K_s2,p3 ȳ, the strided convolution being the transposed one's adjoint
+    //       (output i reads ȳ's rows 2i−3 … 2i).
     // R₁ᵀ and E₁ᵀ are aten's pad backward kernels (pad2d_backward). All linear in ȳ, hence
     // differentiable (gradient penalties through the discriminator's Down).
     fn backward(&self, _ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {

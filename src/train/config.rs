@@ -68,8 +68,9 @@ pub struct TrainConfig {
     /// and PatchNCE stay float32). See `train::precision`.
     pub precision: String,
     /// Store convolution weights and images channels-last (NHWC): cuDNN's convolutions (in
-    /// bfloat16 above all) read it without transposes, while the pads and instance norms copy
-    /// to NCHW and back around them; whether it pays is measured in docs/benchmarks.md.
+    /// bfloat16 above all) read it without transposes, and the pads, resampling steps, instance
+    /// norms and patch sampling keep that layout (no NCHW copies between them); whether it
+    /// pays is measured in docs/benchmarks.md.
     pub channels_last: bool,
     /// On CUDA, let cuDNN time its convolution algorithms on the first iterations and keep the
     /// fastest (`torch.backends.cudnn.benchmark`, a process-wide switch; training shapes are

@@ -12,7 +12,8 @@
 //!   range needs no loss scaling.
 //! * **channels-last**: the 4-D parameters and the input images are stored NHWC, which cuDNN's
 //!   bfloat16 convolutions read without layout transposes; the rest of the network follows
-//!   the layout of its inputs.
+//!   the layout of its inputs: the pads, resampling steps and instance norms have
+//!   channels-last paths (`nets::pad`, `nets::norm_relu`), as has the projector's sampling.
 use std::ffi::c_void;
 
 use tch::{Device, TchError, Tensor};
