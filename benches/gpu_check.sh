@@ -9,7 +9,8 @@
 #            the default list: a training iteration at 512²)
 #   train    benches/train_step.py: the issue's configurations, ours vs the transcription,
 #            the bytes held for backward at 256² batch 4 (benches/saved_tensors.py), and the
-#            fast path (bf16 + channels-last) against float32 at 256², batch 1 and 4
+#            fast path (bf16 + channels-last) against float32 at 256², batch 1 and 4, and
+#            the copy ops of an iteration of each (benches/layout_copies.py)
 #   curves   benches/fast_path_curves.py: loss curves float32 vs the fast path
 #   ops      benches/bench_ops.py at 64²
 # Everything printed also goes to $OUT/log.txt; the curves' PNG to $OUT.
@@ -60,6 +61,8 @@ for section in $sections; do
         stamp "Fast path vs float32"
         # batch 1 is bound by kernel launches on an H200, batch 4 by the GPU's arithmetic
         timeout 240 python3 benches/train_step.py --device cuda --configs global:256:1 global:256:4 --fast
+        stamp "Copy ops per iteration: float32 vs the fast path"
+        timeout 90 python3 benches/layout_copies.py --device cuda --size 256
         ;;
     curves)
         stamp "Loss curves: float32 vs the fast path"
