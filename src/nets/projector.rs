@@ -213,15 +213,15 @@ impl Projector {
         let (keys, samples) = self.sample_source_at(feat_k, num_patches, &slot_ids)?;
         let queries = self.sample_target(feat_q, &samples)?;
         // each slot's rows are image-major: term t's are the t-th of len(ids) equal parts
-        let term_rows = |rows: &[Tensor], t: i64| -> Vec<Tensor> {
-            rows.iter()
-                .map(|r| {
-                    let part = r.size()[0] / ids.len() as i64;
-                    r.narrow(0, t * part, part)
-                })
-                .collect()
+        // (split, whose backward joins the parts' gradients in one op, where a narrow per part
+        // would zero-fill a whole-slot gradient for each and add them up)
+        let terms = ids.len();
+        let parts = |rows: &[Tensor]| -> Vec<Vec<Tensor>> {
+            rows.iter().map(|r| r.split(r.size()[0] / terms as i64, 0)).collect()
         };
-        Ok((0..ids.len() as i64).map(|t| (term_rows(&keys, t), term_rows(&queries, t))).collect())
+        let (key_parts, query_parts) = (parts(&keys), parts(&queries));
+        let term_rows = |parts: &[Vec<Tensor>], t: usize| -> Vec<Tensor> { parts.iter().map(|p| p[t].shallow_clone()).collect() };
+        Ok((0..terms).map(|t| (term_rows(&key_parts, t), term_rows(&query_parts, t))).collect())
     }
 
     /// Target call on the translated maps: the source call's positions (random slots) or
