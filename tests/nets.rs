@@ -854,23 +854,25 @@ fn padding_nodes_equal_the_index_form_in_values_and_gradients() {
     }
 }
 
+/// A gradient penalty through `step` at `x0`: L = Σ c·step(x)², G = ∂L/∂x (with its graph),
+/// and ∂(Σ v·G)/∂x; returns (G, ∂(Σ v·G)/∂x).
+fn penalty_derivatives(step: &dyn Fn(&Tensor) -> Tensor, x0: &Tensor, c: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+    let x = x0.copy().set_requires_grad(true);
+    let loss = (step(&x).square() * c).sum(Kind::Double);
+    let g = Tensor::run_backward(&[loss], &[&x], true, true).remove(0);
+    let gg = Tensor::run_backward(&[(&g * v).sum(Kind::Double)], &[&x], false, false).remove(0);
+    (g, gg)
+}
+
 #[test]
 fn padding_nodes_are_twice_differentiable() {
-    // a gradient penalty through a pad: L = Σ c·pad(x)², G = ∂L/∂x (with its graph), then
-    // ∂(Σ v·G)/∂x, against the same through the index form
+    // penalty_derivatives through a pad against the same through the index form
     use qs_attn::nets::pad::{pad2d, PadMode};
     let x0 = seeded(13, || Tensor::randn([1, 2, 4, 6], (Kind::Double, Device::Cpu)));
     let c = seeded(14, || Tensor::randn([1, 2, 6, 8], (Kind::Double, Device::Cpu)));
     let v = seeded(15, || Tensor::randn([1, 2, 4, 6], (Kind::Double, Device::Cpu)));
-    let second = |pad: &dyn Fn(&Tensor) -> Tensor| {
-        let x = x0.copy().set_requires_grad(true);
-        let loss = (pad(&x).square() * &c).sum(Kind::Double);
-        let g = Tensor::run_backward(&[loss], &[&x], true, true).remove(0);
-        let gg = Tensor::run_backward(&[(&g * &v).sum(Kind::Double)], &[&x], false, false).remove(0);
-        (g, gg)
-    };
-    let (g_ours, gg_ours) = second(&|x| pad2d(x, PadMode::Reflection, 1).unwrap());
-    let (g_ref, gg_ref) = second(&|x| reflect_pad_by_index(x, 1));
+    let (g_ours, gg_ours) = penalty_derivatives(&|x| pad2d(x, PadMode::Reflection, 1).unwrap(), &x0, &c, &v);
+    let (g_ref, gg_ref) = penalty_derivatives(&|x| reflect_pad_by_index(x, 1), &x0, &c, &v);
     assert_close("first derivative", &g_ours, &g_ref, 1e-12);
     assert_close("second derivative", &gg_ours, &gg_ref, 1e-12);
     assert!(gg_ref.abs().max().double_value(&[]) > 0.1, "the check is not vacuous");
@@ -948,8 +950,7 @@ fn resampling_nodes_equal_the_written_out_ops_in_values_and_gradients() {
 
 #[test]
 fn resampling_nodes_are_twice_differentiable() {
-    // a gradient penalty through the step: L = Σ c·step(x)², G = ∂L/∂x (with its graph), then
-    // ∂(Σ v·G)/∂x, against the same through the written-out ops
+    // penalty_derivatives through the step against the same through the written-out ops
     let (_vs, down, up) = resamplers_f64();
     let ours: [(&str, &dyn Fn(&Tensor) -> Tensor, fn(&Tensor) -> Tensor); 2] =
         [("Down", &|x| down.forward(x), down_by_index), ("Up", &|x| up.forward(x), up_by_index)];
@@ -957,14 +958,8 @@ fn resampling_nodes_are_twice_differentiable() {
         let x0 = seeded(23, || Tensor::randn([1, 3, 5, 6], (Kind::Double, Device::Cpu)));
         let c = seeded(24, || Tensor::randn(reference(&x0).size().as_slice(), (Kind::Double, Device::Cpu)));
         let v = seeded(25, || Tensor::randn([1, 3, 5, 6], (Kind::Double, Device::Cpu)));
-        let second = |step: &dyn Fn(&Tensor) -> Tensor| {
-            let x = x0.copy().set_requires_grad(true);
-            let loss = (step(&x).square() * &c).sum(Kind::Double);
-            let g = Tensor::run_backward(&[loss], &[&x], true, true).remove(0);
-            let gg = Tensor::run_backward(&[(&g * &v).sum(Kind::Double)], &[&x], false, false).remove(0);
-            (g, gg)
-        };
-        let ((g_ours, gg_ours), (g_ref, gg_ref)) = (second(node), second(&reference));
+        let (g_ours, gg_ours) = penalty_derivatives(node, &x0, &c, &v);
+        let (g_ref, gg_ref) = penalty_derivatives(&reference, &x0, &c, &v);
         assert_close(&format!("{name}: first derivative"), &g_ours, &g_ref, 1e-12);
         assert_close(&format!("{name}: second derivative"), &gg_ours, &gg_ref, 1e-12);
         assert!(gg_ref.abs().max().double_value(&[]) > 0.01, "{name}: the check is not vacuous");

@@ -17,6 +17,7 @@ use tch::{TchError, Tensor};
 use super::is_channels_last;
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
+use crate::ops::check;
 
 /// How the border is filled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,9 +107,7 @@ impl AutogradOp for Pad2d {
     // positions that mirror it (reflection) or repeat it (replication). Nothing is saved.
     fn forward(&mut self, _ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
         let x = &inputs[0];
-        if x.dim() != 4 {
-            return Err(invalid(format!("pad2d expects a (B, C, H, W) tensor, got shape {:?}", x.size())));
-        }
+        check::rank("pad2d input", x, 4, "(B, C, H, W)")?;
         self.input_shape = x.size();
         Ok(vec![native_pad(x, self.mode, self.n)?])
     }

@@ -19,6 +19,7 @@ use tch::{nn, Kind, TchError, Tensor};
 use super::pad::{native_pad, pad2d_backward, PadMode};
 use crate::autograd::{apply, autocast_conv_input, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
+use crate::ops::check;
 
 /// `c × 1 × k × k` copies of the normalised outer product `scale · (t tᵀ) / (Σt)²`.
 fn binomial_filter(p: &nn::Path, taps: &[f64], scale: f64, channels: i64) -> Tensor {
@@ -131,9 +132,7 @@ impl AutogradOp for Resample {
     // saved).
     fn forward(&mut self, _ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
         let x = &inputs[0];
-        if x.dim() != 4 {
-            return Err(invalid(format!("{} expects a (B, C, H, W) tensor, got shape {:?}", self.name(), x.size())));
-        }
+        check::rank(self.name(), x, 4, "(B, C, H, W)")?;
         self.input = Some((x.size(), x.kind()));
         Ok(vec![self.forward_ops(x)?])
     }

@@ -1,8 +1,8 @@
 //! The opt-in fast path of the trainer (options `precision = "bf16"` and `channels_last`):
 //!
 //! * **bf16 autocast** around the forward passes of G and D: convolutions run in bfloat16, and
-//!   so do the instance norms after them (in the input's dtype, with float32 statistics, as
-//!   torch's batch-norm kernels keep them); what torch's autocast lists keep in float32
+//!   so do the instance norms after them (in the input's dtype, their statistics accumulated
+//!   in float32 as torch's batch-norm kernels do); what torch's autocast lists keep in float32
 //!   (reductions, losses) stays float32. The projector F and
 //!   the NCE loss run in float32 on the widened taps (the trainer turns autocast off there; a
 //!   bfloat16 F measurably slowed the NCE loss's descent), and the QS-Attn and PatchNCE ops
