@@ -18,6 +18,7 @@ one process with batch 2B.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from typing import Dict, List, Tuple
@@ -37,7 +38,8 @@ def launched_by_torchrun() -> bool:
 def setup(device: str, timeout_s: float) -> Tuple[int, int, str]:
     """Joins the process group (unless already joined): gloo for ``device="cpu"``, NCCL for
     CUDA with one device per process (``cuda:<LOCAL_RANK>``). Collectives that wait longer than
-    ``timeout_s`` fail instead of hanging. Returns ``(rank, world_size, device)``."""
+    ``timeout_s`` fail instead of hanging. A group joined here is left again at interpreter exit
+    (unless ``destroy_process_group`` was called before). Returns ``(rank, world_size, device)``."""
     cuda = str(device).startswith("cuda")
     if cuda:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -48,7 +50,17 @@ def setup(device: str, timeout_s: float) -> Tuple[int, int, str]:
             raise RuntimeError(f"distributed training needs the torchrun environment; missing {', '.join(missing)} "
                                "(launch with: torchrun --nproc_per_node=N -m qs_attn train ...)")
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        atexit.register(_leave_process_group)
     return dist.get_rank(), dist.get_world_size(), str(device)
+
+
+def _leave_process_group() -> None:
+    """Destroys the process group while the interpreter is still whole. Left to the
+    interpreter's finalisation instead, gloo's worker threads can release their last
+    collective's tensors after Python has started tearing down, which aborts the process
+    ("terminate called without an active exception") in a run that had succeeded."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _collective_failed(what: str, error: Exception) -> RuntimeError:
