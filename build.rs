@@ -1,5 +1,5 @@
 //! Compiles the C++ of csrc/ (the autograd bridge, the optimiser's fused step, the fast path's
-//! switches, the fused norm's backward) against the libtorch headers torch-sys uses, and
+//! switches, the fused norm's backward, leaky ReLU with a slope) against the libtorch headers torch-sys uses, and
 //! lets `cargo test` binaries find libtorch without LD_LIBRARY_PATH.
 use std::path::PathBuf;
 
@@ -24,6 +24,7 @@ fn main() {
         .file("csrc/optimizer.cpp")
         .file("csrc/mixed_precision.cpp")
         .file("csrc/norm_relu.cpp")
+        .file("csrc/leaky_relu.cpp")
         .compile("qs_autograd_bridge");
 
     // Test binaries: an rpath to libtorch. Inside Python nothing is needed (`import torch`

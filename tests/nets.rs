@@ -879,6 +879,25 @@ fn padding_nodes_are_twice_differentiable() {
 }
 
 #[test]
+fn leaky_relu_is_the_written_out_form_twice_differentiably() {
+    use qs_attn::nets::leaky_relu::leaky_relu;
+    // exact zeros included: both forms have the gradient `slope` there
+    let x0 = seeded(17, || Tensor::randn([2, 3, 5, 5], (Kind::Double, Device::Cpu)));
+    let x0 = &x0 * x0.abs().gt(0.3).to_kind(Kind::Double);
+    let c = seeded(18, || Tensor::randn([2, 3, 5, 5], (Kind::Double, Device::Cpu)));
+    let v = seeded(19, || Tensor::randn([2, 3, 5, 5], (Kind::Double, Device::Cpu)));
+    assert_close("values", &leaky_relu(&x0, 0.2).unwrap(), &leaky_by_hand(&x0, 0.2), 0.0);
+    let (g_ours, gg_ours) = penalty_derivatives(&|x| leaky_relu(x, 0.2).unwrap(), &x0, &c, &v);
+    let (g_ref, gg_ref) = penalty_derivatives(&|x| leaky_by_hand(x, 0.2), &x0, &c, &v);
+    assert_close("first derivative", &g_ours, &g_ref, 1e-12);
+    assert_close("second derivative", &gg_ours, &gg_ref, 1e-12);
+    assert!(gg_ref.abs().max().double_value(&[]) > 0.1, "the check is not vacuous");
+    let low = x0.to_kind(Kind::BFloat16);
+    assert_eq!(leaky_relu(&low, 0.2).unwrap().kind(), Kind::BFloat16);
+    assert!(leaky_relu(&Tensor::from_slice(&[1i64, -2]), 0.2).is_err(), "integer input");
+}
+
+#[test]
 fn padding_nodes_keep_a_low_precision_dtype_and_reject_bad_shapes() {
     use qs_attn::nets::pad::{pad2d, PadMode};
     let x = seeded(16, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);

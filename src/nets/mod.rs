@@ -7,6 +7,7 @@
 pub mod discriminator;
 pub mod generator;
 pub mod init;
+pub mod leaky_relu;
 pub mod norm_relu;
 pub mod pad;
 pub mod projector;
@@ -87,9 +88,7 @@ impl Layer {
             Layer::InstanceNorm if is_channels_last(x) => norm_relu::instance_norm(x, IN_EPS),
             Layer::InstanceNorm => x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, IN_EPS, true),
             Layer::Relu => x.f_relu(),
-            // prelu with one shared slope is leaky ReLU (gradient `slope` at 0, as leaky_relu);
-            // the slope is filled on the input's device (no host-to-device copy).
-            Layer::LeakyRelu(slope) => x.f_prelu(&Tensor::f_full([1], *slope, (x.kind(), x.device()))?),
+            Layer::LeakyRelu(slope) => leaky_relu::leaky_relu(x, *slope),
             Layer::Tanh => x.f_tanh(),
             Layer::Down(down) => down.f_forward(x),
             Layer::Up(up) => up.f_forward(x),
