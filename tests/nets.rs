@@ -898,6 +898,36 @@ fn leaky_relu_is_the_written_out_form_twice_differentiably() {
 }
 
 #[test]
+fn l2_normalized_rows_and_their_gradient_are_the_written_out_form() {
+    use qs_attn::nets::l2_normalize::l2_normalize_rows;
+    // v / (sqrt(sum v²) + ε) through aten's autograd, as the reference writes it
+    let by_hand = |v: &Tensor| v / (v.square().sum_dim_intlist(-1, true, Kind::Double).sqrt() + 1e-7);
+    let v0 = seeded(20, || Tensor::randn([6, 5], (Kind::Double, Device::Cpu)));
+    let _ = v0.get(1).f_mul_scalar_(1e-6).unwrap(); // a tiny row: ε matters there
+    let du = seeded(21, || Tensor::randn([6, 5], (Kind::Double, Device::Cpu)));
+    let run = |f: &dyn Fn(&Tensor) -> Tensor, v0: &Tensor| {
+        let v = v0.copy().set_requires_grad(true);
+        let u = f(&v);
+        (u.detach(), Tensor::run_backward(&[(&u * &du).sum(Kind::Double)], &[&v], false, false).remove(0))
+    };
+    let (u_ours, dv_ours) = run(&|v| l2_normalize_rows(v, 1e-7).unwrap(), &v0);
+    let (u_ref, dv_ref) = run(&by_hand, &v0);
+    assert_close("rows", &u_ours, &u_ref, 1e-15);
+    assert_close("gradient", &dv_ours, &dv_ref, 1e-9 * dv_ref.abs().max().double_value(&[]));
+    assert!(dv_ref.get(1).abs().max().double_value(&[]) > 1e3, "the tiny row's gradient is large: the check is not vacuous");
+    // a zero row: no gradient there (NaN in both forms), the other rows unaffected
+    let _ = v0.get(2).f_zero_().unwrap();
+    let (u_ours, dv_ours) = run(&|v| l2_normalize_rows(v, 1e-7).unwrap(), &v0);
+    let (u_ref, dv_ref) = run(&by_hand, &v0);
+    assert_close("rows with a zero row", &u_ours, &u_ref, 1e-15);
+    assert!(bool::try_from(dv_ours.get(2).isnan().all()).unwrap() && bool::try_from(dv_ref.get(2).isnan().all()).unwrap());
+    let others = Tensor::from_slice(&[0i64, 1, 3, 4, 5]);
+    let (a, b) = (dv_ours.index_select(0, &others), dv_ref.index_select(0, &others));
+    assert_close("other rows' gradient", &a, &b, 1e-9 * b.abs().max().double_value(&[]));
+    assert!(l2_normalize_rows(&Tensor::ones([2, 3, 4], (Kind::Float, Device::Cpu)), 1e-7).is_err(), "3-D input");
+}
+
+#[test]
 fn padding_nodes_keep_a_low_precision_dtype_and_reject_bad_shapes() {
     use qs_attn::nets::pad::{pad2d, PadMode};
     let x = seeded(16, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);

@@ -7,6 +7,7 @@
 pub mod discriminator;
 pub mod generator;
 pub mod init;
+pub mod l2_normalize;
 pub mod leaky_relu;
 pub mod norm_relu;
 pub mod pad;

@@ -15,6 +15,7 @@
 use tch::{nn, Kind, TchError, Tensor};
 
 use super::is_channels_last;
+use super::l2_normalize::l2_normalize_rows;
 use crate::device::to_device_async;
 use crate::error::invalid;
 use crate::ops::{self, LocalLayout, PatchSampler, QsMode, Selection};
@@ -293,8 +294,7 @@ impl Projector {
             Some(mlp) => mlp.forward(rows)?,
             None => rows.shallow_clone(),
         };
-        let norm = v.f_square()?.f_sum_dim_intlist(-1, true, v.kind())?.f_sqrt()?;
-        v.f_div(&norm.f_add_scalar(NORM_EPS)?)
+        l2_normalize_rows(&v, NORM_EPS)
     }
 }
 
