@@ -38,6 +38,15 @@ void qs_autocast_bf16_end(void* scope_ptr) {
   delete scope;
 }
 
+// Keeps autocast's cache of weight casts alive across the bf16 scopes begun until
+// qs_autocast_cache_hold_end (scopes nest: the cache is cleared when the outermost ends), so
+// a weight used in two scopes of one training step is cast once.
+void qs_autocast_cache_hold_begin() { at::autocast::increment_nesting(); }
+
+void qs_autocast_cache_hold_end() {
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+}
+
 // A channels-last (NHWC in memory) copy of a 4-D tensor, or the tensor itself when it already
 // is one; the caller owns the result. nullptr for a tensor that cannot be channels-last.
 at::Tensor* qs_channels_last(const at::Tensor* t) {

@@ -55,6 +55,30 @@ impl Drop for Bf16Autocast {
     }
 }
 
+/// While alive, autocast's cache of weight casts outlives the [`Bf16Autocast`] scopes in it
+/// (cleared when the hold ends). Autocast caches the cast of a leaf that requires grad: a
+/// weight used in two scopes is then cast once, and its two uses' bfloat16 gradients meet
+/// at that one cast (summed there, then widened once) as uses within one scope always do. Only
+/// for weights that no optimiser step changes while the hold lasts (a frozen network's weights
+/// require no grad, so autocast neither caches nor looks up their casts).
+pub struct AutocastCacheHold(());
+
+impl AutocastCacheHold {
+    /// A hold for `precision = Bf16`, nothing for `Fp32`.
+    pub fn new(precision: Precision) -> Option<Self> {
+        (precision == Precision::Bf16).then(|| {
+            unsafe { qs_autocast_cache_hold_begin() };
+            AutocastCacheHold(())
+        })
+    }
+}
+
+impl Drop for AutocastCacheHold {
+    fn drop(&mut self) {
+        unsafe { qs_autocast_cache_hold_end() }
+    }
+}
+
 /// `t` in the channels-last memory format (a copy unless it already is; same values).
 pub fn channels_last(t: &Tensor) -> Result<Tensor, TchError> {
     let p = unsafe { qs_channels_last(t.as_ptr()) };
@@ -78,5 +102,7 @@ pub fn params_to_channels_last(params: &[(String, Tensor)]) -> Result<(), TchErr
 extern "C" {
     fn qs_autocast_bf16_begin(cuda: bool) -> *mut c_void;
     fn qs_autocast_bf16_end(scope: *mut c_void);
+    fn qs_autocast_cache_hold_begin();
+    fn qs_autocast_cache_hold_end();
     fn qs_channels_last(t: *const C_tensor) -> *mut C_tensor;
 }

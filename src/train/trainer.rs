@@ -21,7 +21,7 @@ use tch::{nn, Device, Kind, TchError, Tensor};
 use super::adam::Adam;
 use super::checkpoint;
 use super::config::TrainConfig;
-use super::precision::{channels_last, params_to_channels_last, Bf16Autocast, Precision};
+use super::precision::{channels_last, params_to_channels_last, AutocastCacheHold, Bf16Autocast, Precision};
 use super::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, NceLossPart, Owned, PatchNce, ProjectorPart};
 use super::run::RunState;
 use crate::autograd::NoAutocast;
@@ -409,7 +409,11 @@ impl Trainer {
         }
         let images = a.size()[0];
         // Forward passes in the configured precision; each backward runs outside the scope.
+        // G's weights are cast once for both of G's scopes (its forward pass, then the encoder
+        // on the translation): nothing updates G in between, and D, which its step updates in
+        // between, is frozen in the second scope, so its casts are neither cached nor reused.
         let (precision, device) = (self.precision, self.device);
+        let _weight_casts = AutocastCacheHold::new(precision);
         let autocast = move || Bf16Autocast::scope(precision, device);
         let forward_scope = autocast();
         // x, or [x; y] when the identity term L_NCE(y, G(y)) is on

@@ -4,6 +4,7 @@ only, so one step and the Adam updates equal the float32 transcription; bf16 aut
 the arithmetic of G, D and F, so its losses stay within bfloat16 rounding of the float32
 transcription without being equal to them. CPU always; CUDA when a GPU is present."""
 
+import copy
 import json
 
 import pytest
@@ -117,6 +118,28 @@ def test_bf16_autocast_losses_within_bfloat16_rounding(device):
         differs += fast[key] != plain[key]
     # the convolutions really ran in bfloat16: the losses are not the float32 ones
     assert differs >= 4, (fast, plain)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_generator_step_sees_the_updated_discriminator(device):
+    # The step keeps autocast's weight casts across its two bf16 scopes (G's weights are cast
+    # once); D's Adam step runs between them, so a cast of D's weights kept from the first
+    # scope would be stale: G's adversarial loss must be the updated D's verdict.
+    opt, G, D, F, real_A, real_B, ids_x, ids_y = _setup(device, 90)
+    trainer = _trainer(opt, G, D, F, device, precision="bf16", channels_last=True)
+    before = {k: v.clone() for k, v in trainer.state_dict("D").items()}
+    losses = trainer.step(real_A, real_B, update=True, ids_x=ids_x, ids_y=ids_y)
+    fake = trainer.visuals()["fake_B"]
+
+    def g_gan(state):  # the transcription's D, in float32, on the step's translation
+        d = copy.deepcopy(D)
+        d.load_state_dict(state)
+        with torch.no_grad():
+            return float(((d(fake) - 1) ** 2).mean()) * opt.lambda_GAN
+
+    updated, stale = g_gan(trainer.state_dict("D")), g_gan(before)
+    assert abs(updated - stale) > 0.1 * updated, (updated, stale)  # the update moved the verdict
+    assert losses["G_GAN"] == pytest.approx(updated, rel=3e-2), (losses["G_GAN"], updated, stale)
 
 
 @pytest.mark.parametrize("device", DEVICES)
