@@ -43,7 +43,9 @@ impl std::str::FromStr for GanMode {
 pub fn gan_loss(mode: GanMode, pred: &Tensor, target_is_real: bool) -> Tensor {
     let label = if target_is_real { 1.0 } else { 0.0 };
     match mode {
-        GanMode::Lsgan => (pred - label).square().mean(None::<Kind>),
+        // aten's mse_loss, as the reference (nn.MSELoss): its backward is one kernel, where
+        // the written-out (pred − label)² took three; the label is a 0-dim tensor expanded
+        GanMode::Lsgan => pred.mse_loss(&Tensor::full([], label, (pred.kind(), pred.device())).expand_as(pred), Reduction::Mean),
         GanMode::Vanilla => pred.binary_cross_entropy_with_logits(
             &pred.full_like(label),
             None::<Tensor>,
