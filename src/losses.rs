@@ -38,32 +38,42 @@ impl std::str::FromStr for GanMode {
     }
 }
 
-/// The scalar loss of a discriminator prediction (any shape, floating point) against the real
-/// (`target_is_real`) or the fake label.
-pub fn gan_loss(mode: GanMode, pred: &Tensor, target_is_real: bool) -> Tensor {
+/// The scalar loss of a discriminator prediction (any shape, floating point, non-empty)
+/// against the real (`target_is_real`) or the fake label; anything else is an error naming
+/// the prediction's shape and dtype (a supplied discriminator may return anything).
+pub fn gan_loss(mode: GanMode, pred: &Tensor, target_is_real: bool) -> Result<Tensor, TchError> {
+    if !pred.is_floating_point() || pred.numel() == 0 {
+        return Err(invalid(format!(
+            "the GAN loss needs a non-empty floating-point prediction from the discriminator, got shape {:?} of {:?}",
+            pred.size(),
+            pred.kind()
+        )));
+    }
     let label = if target_is_real { 1.0 } else { 0.0 };
     match mode {
         // aten's mse_loss, as the reference (nn.MSELoss): its backward is one kernel, where
         // the written-out (pred − label)² took three; the label is a 0-dim tensor expanded
-        GanMode::Lsgan => pred.mse_loss(&Tensor::full([], label, (pred.kind(), pred.device())).expand_as(pred), Reduction::Mean),
-        GanMode::Vanilla => pred.binary_cross_entropy_with_logits(
-            &pred.full_like(label),
+        GanMode::Lsgan => {
+            pred.f_mse_loss(&Tensor::f_full([], label, (pred.kind(), pred.device()))?.f_expand_as(pred)?, Reduction::Mean)
+        }
+        GanMode::Vanilla => pred.f_binary_cross_entropy_with_logits(
+            &pred.f_full_like(label)?,
             None::<Tensor>,
             None::<Tensor>,
             Reduction::Mean,
         ),
         GanMode::Nonsaturating => {
-            let sp = if target_is_real { pred.neg().softplus() } else { pred.softplus() };
+            let sp = if target_is_real { pred.f_neg()?.f_softplus()? } else { pred.f_softplus()? };
             // Mean over each sample's elements, then over the batch.
-            let per_sample = if sp.dim() < 2 { sp } else { sp.flatten(1, -1).mean_dim(1, false, None::<Kind>) };
-            per_sample.mean(None::<Kind>)
+            let per_sample = if sp.dim() < 2 { sp } else { sp.f_flatten(1, -1)?.f_mean_dim(1, false, None::<Kind>)? };
+            per_sample.f_mean(None::<Kind>)
         }
         GanMode::Wgangp => {
-            let m = pred.mean(None::<Kind>);
+            let m = pred.f_mean(None::<Kind>)?;
             if target_is_real {
-                -m
+                m.f_neg()
             } else {
-                m
+                Ok(m)
             }
         }
     }

@@ -161,7 +161,7 @@ impl ProjectorPart for Owned<Projector> {
 
 impl GanLossPart for GanMode {
     fn loss(&self, prediction: &Tensor, target_is_real: bool) -> Result<Tensor, TchError> {
-        Ok(gan_loss(*self, prediction, target_is_real))
+        gan_loss(*self, prediction, target_is_real)
     }
 }
 

@@ -135,6 +135,22 @@ def test_an_exception_in_a_python_part_reaches_the_caller_unchanged():
         trainer.step(real_A, real_B)
 
 
+@pytest.mark.parametrize("gan_mode", ["lsgan", "vanilla", "nonsaturating", "wgangp"])
+def test_a_discriminator_with_an_integer_prediction_is_a_clear_error(gan_mode):
+    # the built-in GAN loss names what it got (it had panicked inside Rust for lsgan)
+    opt, G, D, F = _models("none")
+
+    class Rounding(torch.nn.Module):
+        def forward(self, x):
+            return D(x).round().long()
+
+    opt.gan_mode = gan_mode
+    trainer = _swapped(opt, G, D, F, {"D": Rounding()})
+    real_A, real_B = _batch(1)
+    with pytest.raises(ValueError, match=r"floating-point prediction .*Int64"):
+        trainer.step(real_A, real_B)
+
+
 # -- the Python trainer object, callbacks, resume --------------------------------------------
 
 
