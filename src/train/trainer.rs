@@ -403,6 +403,7 @@ impl Trainer {
     /// [−1, 1]). With `update = false` the gradients are computed but no parameter changes
     /// (for comparisons with a reference); `ids` injects the random patch ids.
     pub fn step_with(&mut self, a: &Tensor, b: &Tensor, update: bool, ids: Option<InjectedIds>) -> Result<StepLosses, TchError> {
+        check_batch_pair(a, b)?;
         let (mut a, mut b) = (to_device_async(a, self.device), to_device_async(b, self.device));
         if self.cfg.channels_last {
             (a, b) = (channels_last(&a)?, channels_last(&b)?);
@@ -421,6 +422,13 @@ impl Trainer {
         let flipped = self.cfg.flip_equivariance && self.coins.below(2) == 1;
         let real = if flipped { sources.flip([3]) } else { sources.shallow_clone() };
         let (fake, real_taps) = self.nets.g.forward_with_taps(&real, &self.cfg.nce_layers)?;
+        if fake.size() != real.size() {
+            return Err(invalid(format!(
+                "the generator's translation must have the shape of its input {:?}, got {:?}",
+                real.size(),
+                fake.size()
+            )));
+        }
         // E(x) [and E(y)], the NCE terms' source features: the taps of the generator's own pass
         // (instance norm is per image, so no extra encoder pass, Q11); with a flipped input they
         // are not, and the sources are encoded unflipped, in one pass.
@@ -610,4 +618,22 @@ impl Trainer {
         trainer.coins = SplitMix64::new(num("coins_state")?);
         Ok(trainer)
     }
+}
+
+/// The two domains' batches of one iteration: floating-point `B × C × H × W` images of one
+/// shape (D scores translations and `b` as one batch; the identity term stacks `a` and `b`).
+fn check_batch_pair(a: &Tensor, b: &Tensor) -> Result<(), TchError> {
+    for (name, t) in [("a", a), ("b", b)] {
+        if t.dim() != 4 || !t.is_floating_point() {
+            return Err(invalid(format!(
+                "{name} must be a floating-point (B, C, H, W) batch of images, got shape {:?} of {:?}",
+                t.size(),
+                t.kind()
+            )));
+        }
+    }
+    if a.size() != b.size() {
+        return Err(invalid(format!("a and b must have the same shape, got {:?} and {:?}", a.size(), b.size())));
+    }
+    Ok(())
 }

@@ -151,6 +151,23 @@ def test_a_discriminator_with_an_integer_prediction_is_a_clear_error(gan_mode):
         trainer.step(real_A, real_B)
 
 
+def test_a_generator_whose_translation_changes_the_shape_is_a_clear_error():
+    # (it reached the cat of D's batch inside Rust and panicked)
+    opt, G, D, F = _models("none")
+
+    class Cropping(torch.nn.Module):
+        def forward(self, x, layers=None, encode_only=False):
+            if layers is None:
+                return G(x)[:, :, 2:, 2:]
+            out = G(x, layers, encode_only)
+            return out if encode_only else (out[0][:, :, 2:, 2:], out[1])
+
+    trainer = _swapped(opt, G, D, F, {"G": Cropping()})
+    real_A, real_B = _batch(1)
+    with pytest.raises(ValueError, match=r"the generator's translation must have the shape of its input \[4, 3, 32, 32\], got \[4, 3, 30, 30\]"):
+        trainer.step(real_A, real_B)
+
+
 # -- the Python trainer object, callbacks, resume --------------------------------------------
 
 

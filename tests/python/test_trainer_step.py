@@ -173,3 +173,17 @@ def test_batch_of_two_keeps_negatives_and_selection_per_image():
     singles = [trainer.step(real_A[i:i + 1], real_B[i:i + 1], update=False, ids_x=ids, ids_y=ids) for i in range(2)]
     for key in ("NCE", "NCE_Y"):
         assert both[key] == pytest.approx((singles[0][key] + singles[1][key]) / 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, b: (a, b[:, :, 2:, 2:]), r"a and b must have the same shape, got \[2, 3, 32, 32\] and \[2, 3, 30, 30\]"),
+    (lambda a, b: (a, torch.cat([b, b])), r"a and b must have the same shape"),
+    (lambda a, b: (a.long(), b), r"a must be a floating-point \(B, C, H, W\) batch of images, got .* of Int64"),
+    (lambda a, b: (a, b[0]), r"b must be a floating-point \(B, C, H, W\) batch"),
+])
+def test_a_step_on_a_bad_pair_of_batches_is_a_clear_error(change, message):
+    # (these reached a cat or an index inside Rust and panicked, or trained on integers)
+    opt, G, D, F = _models("none")
+    trainer = _ours(opt, G, D, F)
+    with pytest.raises(ValueError, match=message):
+        trainer.step(*change(*_batch()), update=False)
