@@ -32,7 +32,7 @@ use crate::nets::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::nets::generator::{Generator, GeneratorConfig};
 use crate::nets::init::{init_weights, InitType};
 use crate::nets::projector::{Projector, ProjectorConfig, StackedTerms};
-use crate::ops::{LocalLayout, PatchSampler, QsMode};
+use crate::ops::{check, LocalLayout, PatchSampler, QsMode};
 use crate::rng::SplitMix64;
 
 /// The three networks, built-in or supplied by the caller.
@@ -621,9 +621,11 @@ impl Trainer {
 }
 
 /// The two domains' batches of one iteration: floating-point `B × C × H × W` images of one
-/// shape (D scores translations and `b` as one batch; the identity term stacks `a` and `b`).
+/// shape (D scores translations and `b` as one batch; the identity term stacks `a` and `b`),
+/// on the CPU or a GPU (the step copies them to its device).
 fn check_batch_pair(a: &Tensor, b: &Tensor) -> Result<(), TchError> {
     for (name, t) in [("a", a), ("b", b)] {
+        check::supported_device(name, t)?;
         if t.dim() != 4 || !t.is_floating_point() {
             return Err(invalid(format!(
                 "{name} must be a floating-point (B, C, H, W) batch of images, got shape {:?} of {:?}",

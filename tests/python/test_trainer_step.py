@@ -180,9 +180,11 @@ def test_batch_of_two_keeps_negatives_and_selection_per_image():
     (lambda a, b: (a, torch.cat([b, b])), r"a and b must have the same shape"),
     (lambda a, b: (a.long(), b), r"a must be a floating-point \(B, C, H, W\) batch of images, got .* of Int64"),
     (lambda a, b: (a, b[0]), r"b must be a floating-point \(B, C, H, W\) batch"),
+    (lambda a, b: (a.to("meta"), b), r"a must be a CPU or CUDA tensor"),
 ])
 def test_a_step_on_a_bad_pair_of_batches_is_a_clear_error(change, message):
-    # (these reached a cat or an index inside Rust and panicked, or trained on integers)
+    # (these reached a cat, an index or a device copy inside Rust and panicked, or trained
+    # on integers)
     opt, G, D, F = _models("none")
     trainer = _ours(opt, G, D, F)
     with pytest.raises(ValueError, match=message):
