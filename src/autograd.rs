@@ -110,12 +110,7 @@ impl Drop for NoAutocast {
 /// passes run with autocast off ([`NoAutocast`]): cast before [`apply`], the node computes in
 /// the dtype the plain op would.
 pub fn autocast_conv_input(x: &Tensor) -> Result<Tensor, TchError> {
-    let mut error: *const c_char = std::ptr::null();
-    let p = unsafe { qs_autocast_conv_input(x.as_ptr(), &mut error) };
-    if p.is_null() {
-        return Err(unsafe { crate::error::from_c("autocast", error) });
-    }
-    Ok(unsafe { Tensor::from_ptr(p) })
+    unsafe { crate::error::tensor_from_c("autocast", |error| qs_autocast_conv_input(x.as_ptr(), error)) }
 }
 
 /// Runs `op` on `inputs` as a node of the autograd graph and returns its outputs.

@@ -10,14 +10,11 @@ use std::ffi::c_char;
 use tch::{TchError, Tensor};
 use torch_sys::C_tensor;
 
+use crate::error::tensor_from_c;
+
 /// `leaky_relu(x, slope)`, recorded for autograd.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor, TchError> {
-    let mut error: *const c_char = std::ptr::null();
-    let p = unsafe { qs_leaky_relu(x.as_ptr(), slope, &mut error) };
-    if p.is_null() {
-        return Err(unsafe { crate::error::from_c("leaky_relu", error) });
-    }
-    Ok(unsafe { Tensor::from_ptr(p) })
+    unsafe { tensor_from_c("leaky_relu", |error| qs_leaky_relu(x.as_ptr(), slope, error)) }
 }
 
 extern "C" {

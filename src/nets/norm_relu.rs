@@ -22,7 +22,7 @@ use torch_sys::C_tensor;
 
 use super::is_channels_last;
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
-use crate::error::{from_c, invalid};
+use crate::error::{invalid, tensor_from_c};
 use crate::ops::check;
 
 /// `max(instance_norm(x), 0)` for `x` of shape `B × C × H × W` (no affine parameters, biased
@@ -139,12 +139,11 @@ fn in_layout_of(t: &Tensor, like: &Tensor) -> Result<Tensor, TchError> {
 
 /// `at::native_batch_norm_backward`'s input gradient (csrc/norm_relu.cpp).
 fn batch_norm_input_grad(grad: &Tensor, input: &Tensor, mean: &Tensor, invstd: &Tensor, eps: f64) -> Result<Tensor, TchError> {
-    let mut error: *const c_char = std::ptr::null();
-    let dx = unsafe { qs_batch_norm_input_grad(grad.as_ptr(), input.as_ptr(), mean.as_ptr(), invstd.as_ptr(), eps, &mut error) };
-    if dx.is_null() {
-        return Err(unsafe { from_c("instance_norm_relu backward", error) });
+    unsafe {
+        tensor_from_c("instance_norm_relu backward", |error| {
+            qs_batch_norm_input_grad(grad.as_ptr(), input.as_ptr(), mean.as_ptr(), invstd.as_ptr(), eps, error)
+        })
     }
-    Ok(unsafe { Tensor::from_ptr(dx) })
 }
 
 extern "C" {
