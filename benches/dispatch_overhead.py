@@ -3,6 +3,8 @@ measured side by side in one run on the CPU: the aten calls per iteration (all o
 those that do work: not views, ``aten::to`` wrappers or allocations; on a GPU each of these
 is a kernel launch or a host-side scalar operation), and the time per iteration at a size
 where the arithmetic is negligible (64², ngf = ndf = 4), which is then the dispatch overhead.
+A third row counts the same for our opt-in fast path (bf16 autocast + channels-last): on a GPU
+its calls doing work are its launches; its times on this CPU say nothing about a GPU's.
 
     python benches/dispatch_overhead.py        # QS_ATTN_BLOCK_ELEMENTS=2097152 mimics the
                                                # entropy blocks CUDA used before 389d61c
@@ -52,11 +54,13 @@ def sides(width: int, netf_nc: int):
     a, b = torch.rand(1, 3, SIZE, SIZE) * 2 - 1, torch.rand(1, 3, SIZE, SIZE) * 2 - 1
     positions = [(SIZE + 6) ** 2, SIZE * SIZE, (SIZE // 2) ** 2, (SIZE // 4) ** 2, (SIZE // 4) ** 2]
     ids = rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(0))
-    trainer = _native.Trainer(json.dumps(dict(dataroot="", crop_size=SIZE, load_size=SIZE, ngf=width, ndf=width,
-                                              netF_nc=netf_nc)))
+    config = dict(dataroot="", crop_size=SIZE, load_size=SIZE, ngf=width, ndf=width, netF_nc=netf_nc)
+    trainer = _native.Trainer(json.dumps(config))
+    fast = _native.Trainer(json.dumps(dict(config, precision="bf16", channels_last=True)))
     G, D, F = rc.build_models(opt, ngf=width, ndf=width, image_size=(SIZE, SIZE), seed=0)
     optimizers = rc.make_optimizers(G, D, F, opt)
     return {"ours": lambda: trainer.step(a, b, update=True, ids_x=ids, ids_y=ids),
+            "ours_fast": lambda: fast.step(a, b, update=True, ids_x=ids, ids_y=ids),
             "plain": lambda: rc.one_step(G, D, F, a, b, opt, ids, ids, optimizers=optimizers)}
 
 
@@ -67,7 +71,7 @@ def main() -> None:
     print("| side | aten calls (default networks) | calls doing work | ms / iteration at ngf = 4 | aten calls at ngf = 4 |")
     print("|---|---|---|---|---|")
     full, tiny = sides(64, 256), sides(4, 8)
-    for name in ("plain", "ours"):
+    for name in ("plain", "ours", "ours_fast"):
         for _ in range(2):
             full[name]()
         total, work = calls(full[name])

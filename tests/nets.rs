@@ -802,14 +802,28 @@ fn fused_instance_norm_relu_equals_the_two_ops_with_gradients() {
 #[test]
 fn fused_instance_norm_relu_keeps_a_low_precision_input_dtype() {
     use qs_attn::nets::norm_relu::instance_norm_relu;
-    let x = seeded(7, || Tensor::randn([1, 4, 6, 6], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);
-    let y = instance_norm_relu(&x, 1e-5).unwrap();
-    assert_eq!(y.kind(), Kind::BFloat16);
-    // within bfloat16 rounding (8 significant bits) of the float32 result
-    let exact = norm_then_relu(&x.detach().to_kind(Kind::Float));
-    assert!(max_abs_diff(&y.to_kind(Kind::Float), &exact) <= 1e-2 * (1.0 + exact.abs().max().double_value(&[])));
-    y.to_kind(Kind::Float).sum(Kind::Float).backward();
-    assert_eq!(x.grad().kind(), Kind::BFloat16, "the gradient has the input's dtype");
+    // one NCHW image (the whole-batch view) and three channels-last images (image by image,
+    // statistics written into preallocated rows of the dtype aten gives them)
+    for (shape, channels_last) in [([1i64, 4, 6, 6], false), ([3, 4, 6, 6], true)] {
+        let x32 = seeded(7, || Tensor::randn(shape, (Kind::Float, Device::Cpu)));
+        let x = if channels_last { nhwc(&x32) } else { x32.shallow_clone() }.to_kind(Kind::BFloat16).set_requires_grad(true);
+        let y = instance_norm_relu(&x, 1e-5).unwrap();
+        assert_eq!(y.kind(), Kind::BFloat16);
+        assert_eq!(is_nhwc(&y), channels_last, "{shape:?}: the output keeps the input's layout");
+        // within bfloat16 rounding (8 significant bits) of the float32 result
+        let x_exact = x.detach().to_kind(Kind::Float).set_requires_grad(true);
+        let exact = norm_then_relu(&x_exact);
+        assert!(max_abs_diff(&y.to_kind(Kind::Float), &exact) <= 1e-2 * (1.0 + exact.abs().max().double_value(&[])));
+        let upstream = seeded(8, || Tensor::randn(shape, (Kind::Float, Device::Cpu)));
+        (y.to_kind(Kind::Float) * &upstream).sum(Kind::Float).backward();
+        (&exact * &upstream).sum(Kind::Float).backward();
+        assert_eq!(x.grad().kind(), Kind::BFloat16, "the gradient has the input's dtype");
+        let scale = 1.0 + x_exact.grad().abs().max().double_value(&[]);
+        assert!(
+            max_abs_diff(&x.grad().to_kind(Kind::Float), &x_exact.grad()) <= 2e-2 * scale,
+            "{shape:?}: the bfloat16 gradient is the float32 one within bfloat16 rounding"
+        );
+    }
 }
 
 #[test]

@@ -9,15 +9,19 @@
 //! docs/benchmarks.md). The values are those of the two ops.
 //!
 //! A batch of several channels-last (NHWC) images is normalised image by image, each a
-//! `(1, C, H, W)` view that batch norm reads in place: the `(1, B·C, H, W)` view does not exist
-//! for that layout (aten's instance norm copies it to NCHW, and its result costs another copy
-//! at the next channels-last convolution). The same node without the ReLU serves instance norms
-//! of channels-last inputs that no ReLU follows ([`instance_norm`]).
+//! `(1, C, H, W)` view that batch norm reads in place and writes into its slice of one NHWC
+//! output (`native_batch_norm.out`, no join): the `(1, B·C, H, W)` view does not exist for that
+//! layout (aten's instance norm copies it to NCHW, and its result costs another copy at the
+//! next channels-last convolution). Backward masks the gradient for the whole batch at once
+//! and runs batch norm's backward per image. The same node without the ReLU serves instance
+//! norms of channels-last inputs that no ReLU follows ([`instance_norm`]).
 //!
 //! Differentiable once (the bridge raises on `create_graph=True`); the trainer never needs more.
+use std::collections::HashMap;
 use std::ffi::c_char;
+use std::sync::{Mutex, OnceLock};
 
-use tch::{TchError, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 use torch_sys::C_tensor;
 
 use super::is_channels_last;
@@ -59,6 +63,32 @@ fn batch_norm_views(t: &Tensor, by_image: bool) -> Result<Vec<Tensor>, TchError>
     Ok(vec![t.f_reshape([1, b * c, h, w])?])
 }
 
+/// The statistics (`B × C` means or inverse deviations) of each view of
+/// [`batch_norm_views`]: row `i` for image `i`, or all of them flattened for the whole batch.
+fn stats_views(stats: &Tensor, by_image: bool) -> Result<Vec<Tensor>, TchError> {
+    if by_image {
+        return (0..stats.size()[0]).map(|i| stats.f_select(0, i)).collect();
+    }
+    Ok(vec![stats.f_view([-1])?])
+}
+
+/// The dtype of the statistics batch norm computes for inputs of `x`'s device and dtype:
+/// float32 for a bfloat16 input on CUDA (its accumulation type), the input's own dtype on the
+/// CPU. `native_batch_norm.out` must be handed statistics of exactly that dtype, so aten is
+/// asked once per (device, dtype), with a two-value input, rather than the rule copied here.
+fn batch_norm_stats_kind(x: &Tensor) -> Result<Kind, TchError> {
+    static KINDS: OnceLock<Mutex<HashMap<(Device, Kind), Kind>>> = OnceLock::new();
+    let key = (x.device(), x.kind());
+    let kinds = KINDS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(kind) = kinds.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(*kind);
+    }
+    let probe = Tensor::f_zeros([1, 1, 1, 2], (key.1, key.0))?;
+    let (_, mean, _) = probe.f_native_batch_norm(None::<Tensor>, None, None, None, true, 0.0, 1e-5)?;
+    kinds.lock().unwrap_or_else(|e| e.into_inner()).insert(key, mean.kind());
+    Ok(mean.kind())
+}
+
 /// The parts (one per view of [`batch_norm_views`]) back as one `B × C × H × W` tensor.
 fn joined(parts: &[Tensor], shape: (i64, i64, i64, i64)) -> Result<Tensor, TchError> {
     let (b, c, h, w) = shape;
@@ -66,6 +96,29 @@ fn joined(parts: &[Tensor], shape: (i64, i64, i64, i64)) -> Result<Tensor, TchEr
         [whole] => whole.f_reshape([b, c, h, w]),
         per_image => Tensor::f_cat(per_image, 0),
     }
+}
+
+/// Batch norm's normalisation (training statistics, no affine) of each view of `x`, as
+/// `(x̂, μ, r)` with `x̂` shaped and laid out like `x` and `μ`, `r` of shape `B × C`. Image by
+/// image, each image's output is written into its slice of one tensor.
+fn normalised(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor), TchError> {
+    let (b, c, h, w) = x.size4()?;
+    if !by_image(x) {
+        let (y, mean, invstd) =
+            x.f_reshape([1, b * c, h, w])?.f_native_batch_norm(None::<Tensor>, None, None, None, true, 0.0, eps)?;
+        return Ok((y.f_reshape([b, c, h, w])?, mean.f_view([b, c])?, invstd.f_view([b, c])?));
+    }
+    let y = x.f_empty_like()?; // channels-last, as x
+    let stats_kind = batch_norm_stats_kind(x)?;
+    let mean = Tensor::f_empty([b, c], (stats_kind, x.device()))?;
+    let invstd = Tensor::f_empty([b, c], (stats_kind, x.device()))?;
+    for i in 0..b {
+        let (x_image, y_image) = (x.f_narrow(0, i, 1)?, y.f_narrow(0, i, 1)?);
+        let (mean_image, invstd_image) = (mean.f_select(0, i)?, invstd.f_select(0, i)?);
+        // returns the three out tensors themselves
+        let _ = x_image.f_native_batch_norm_out(&y_image, &mean_image, &invstd_image, None::<Tensor>, None, None, None, true, 0.0, eps)?;
+    }
+    Ok((y, mean, invstd))
 }
 
 impl AutogradOp for InstanceNormRelu {
@@ -80,47 +133,41 @@ impl AutogradOp for InstanceNormRelu {
     // Per image b and channel c, over the H·W positions:
     //   μ = mean(x),  σ² = mean((x − μ)²),  r = 1/√(σ² + ε),  x̂ = (x − μ)·r,  y = max(x̂, 0)
     // as batch norm of the (1, B·C, H, W) view, or of each channels-last image (training
-    // statistics, no affine), then ReLU in place. Saved: x as given, then μ and r of each view
-    // (B·C values in all); not y.
+    // statistics, no affine), then ReLU in place. Saved: x as given, μ and r (B × C each); not y.
     fn forward(&mut self, ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError> {
         let x = &inputs[0];
         check::compute_kind("instance_norm_relu input", x)?; // a floating-point input
-        let (mut normed, mut stats) = (Vec::new(), vec![x.shallow_clone()]);
-        for view in batch_norm_views(x, by_image(x))? {
-            let (y, mean, invstd) = view.f_native_batch_norm(None::<Tensor>, None, None, None, true, 0.0, self.eps)?;
-            normed.push(y);
-            stats.extend([mean, invstd]);
-        }
-        let mut y = joined(&normed, x.size4()?)?;
+        let (mut y, mean, invstd) = normalised(x, self.eps)?;
         if self.relu {
             y = y.f_relu_()?;
         }
-        ctx.save_for_backward(stats);
+        ctx.save_for_backward(vec![x.shallow_clone(), mean, invstd]);
         Ok(vec![y])
     }
 
-    // Per view: g = dy·[x̂ > 0] (ReLU's gradient; x̂ > 0 ⟺ x − μ > 0, as r > 0; g = dy
-    // without the ReLU), then batch norm's input gradient per (b, c):
+    // g = dy·[x̂ > 0] for the whole batch (ReLU's gradient; x̂ > 0 ⟺ x − μ > 0, as r > 0,
+    // with μ in x's dtype; g = dy without the ReLU), then per view batch norm's input gradient
+    // per (b, c):
     //   dx = r·(g − mean(g) − x̂·mean(g·x̂)).
     fn backward(&self, ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let Some(dy) = &grads[0] else { return Ok(vec![None]) };
-        let [x, stats @ ..] = ctx.saved() else { return Err(invalid("instance_norm_relu: bad saved state")) };
+        let [x, mean, invstd] = ctx.saved() else { return Err(invalid("instance_norm_relu: bad saved state")) };
+        let (b, c, _, _) = x.size4()?;
+        let g = if self.relu {
+            let centred = x - mean.f_view([b, c, 1, 1])?.f_to_kind(x.kind())?;
+            centred.f_threshold_backward(dy, 0.0)?
+        } else {
+            dy.shallow_clone()
+        };
         let split = by_image(x);
-        let (x_views, dy_views) = (batch_norm_views(x, split)?, batch_norm_views(dy, split)?);
+        let g = in_layout_of(&g, x)?;
+        let (x_views, g_views) = (batch_norm_views(x, split)?, batch_norm_views(&g, split)?);
+        let (mean_views, invstd_views) = (stats_views(mean, split)?, stats_views(invstd, split)?);
         let dx = x_views
             .iter()
-            .zip(&dy_views)
-            .zip(stats.chunks(2))
-            .map(|((x_view, dy_view), mean_invstd)| {
-                let [mean, invstd] = mean_invstd else { return Err(invalid("instance_norm_relu: bad saved state")) };
-                let g = if self.relu {
-                    let centred = x_view - mean.f_view([1, -1, 1, 1])?.f_to_kind(x.kind())?;
-                    centred.f_threshold_backward(dy_view, 0.0)?
-                } else {
-                    dy_view.shallow_clone()
-                };
-                batch_norm_input_grad(&in_layout_of(&g, x_view)?, x_view, mean, invstd, self.eps)
-            })
+            .zip(&g_views)
+            .zip(mean_views.iter().zip(&invstd_views))
+            .map(|((x_view, g_view), (mean, invstd))| batch_norm_input_grad(g_view, x_view, mean, invstd, self.eps))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(vec![Some(joined(&dx, x.size4()?)?)])
     }
