@@ -12,7 +12,7 @@ use qs_attn::ops::{self, LocalLayout, PatchSampler, QsMode};
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;
-use common::{assert_close, max_abs_diff, seeded};
+use common::{assert_close, is_nhwc, max_abs_diff, nhwc, seeded};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -1082,15 +1082,6 @@ fn resampling_nodes_under_autocast_compute_as_the_plain_ops_would() {
 // channels-last inputs keep their layout through pads, resampling and instance norms
 
 /// `t` stored channels-last (NHWC in memory), same values.
-fn nhwc(t: &Tensor) -> Tensor {
-    let stored = t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
-    stored.set_requires_grad(t.requires_grad())
-}
-
-fn is_nhwc(t: &Tensor) -> bool {
-    !t.is_contiguous() && t.permute([0, 2, 3, 1]).is_contiguous()
-}
-
 /// An op on a channels-last float64 input against a reference on the NCHW one: the op's output
 /// and (for a channels-last upstream gradient) its input gradient are channels-last, and both
 /// equal the reference's within `tol`; with an NCHW upstream gradient the input gradient is

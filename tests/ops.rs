@@ -4,7 +4,7 @@ use qs_attn::ops::{self, EntropyOf, LocalLayout, QsMode, Reduction};
 use tch::{Kind, Tensor};
 
 mod common;
-use common::{assert_close, seeded};
+use common::{assert_close, is_nhwc, nhwc, seeded};
 
 const TOL: f64 = 1e-10;
 
@@ -202,6 +202,38 @@ fn cross_route_equals_global_when_translation_is_source() {
     let cross = ops::qs_cross_route(&src, &sel).unwrap();
     let global = ops::qs_route(&src, &sel).unwrap();
     assert_close("cross == global", &cross, &global, TOL);
+}
+
+#[test]
+fn routing_gradients_keep_the_maps_layout() {
+    // The fast path's maps are channels-last: the selection, routed rows and both maps'
+    // gradients equal those of NCHW maps, and each map's gradient comes back in its own
+    // layout (no layout copy where the gradient meets the rest of the network).
+    let (src0, tgt0) = (features(13, &[2, 6, 5, 4]).detach(), features(14, &[2, 6, 5, 4]).detach());
+    for mode in [QsMode::Global, QsMode::LocalGlobal, QsMode::Cross, QsMode::Local] {
+        let run = |channels_last: bool| {
+            let layout = |m: &Tensor| if channels_last { nhwc(m) } else { m.copy() }.set_requires_grad(true);
+            let (src, tgt) = (layout(&src0), layout(&tgt0));
+            let sel = ops::qs_select(&src, 7, mode, 3, LocalLayout::Geometric, false).unwrap();
+            let keys = ops::qs_route(&src, &sel).unwrap();
+            let queries =
+                if mode == QsMode::Cross { ops::qs_cross_route(&tgt, &sel).unwrap() } else { ops::qs_route(&tgt, &sel).unwrap() };
+            let mut outs = vec![keys, queries];
+            outs.push(sel.attn().unwrap()); // the selected attention rows, a differentiable value of their own
+            let g = grads(&weighted_sum(&outs.iter().collect::<Vec<_>>()), &[&src, &tgt]);
+            (sel.indices.shallow_clone(), outs, g)
+        };
+        let ((ids_nchw, outs_nchw, g_nchw), (ids_nhwc, outs_nhwc, g_nhwc)) = (run(false), run(true));
+        assert_eq!(ids_nchw, ids_nhwc, "{mode:?}: the same selection");
+        for (a, b) in outs_nhwc.iter().zip(&outs_nchw) {
+            assert_close(&format!("{mode:?}: routed rows"), a, b, TOL);
+        }
+        for (map, (a, b)) in ["source", "target"].iter().zip(g_nhwc.iter().zip(&g_nchw)) {
+            assert_close(&format!("{mode:?}: {map} map gradient"), a, b, TOL);
+            assert!(b.is_contiguous(), "{mode:?}: NCHW gradient for the NCHW {map} map, strides {:?}", b.stride());
+            assert!(is_nhwc(a), "{mode:?}: channels-last gradient for the channels-last {map} map, strides {:?}", a.stride());
+        }
+    }
 }
 
 #[test]

@@ -82,6 +82,64 @@ pub fn gather_rows(x: &Tensor, sel: &Tensor) -> Tensor {
     x.gather(1, &sel.unsqueeze(-1).expand([-1, -1, c], false), false)
 }
 
+/// The gradient of a `B × P × C` view of a feature map, held as a `B × P × C` view of memory
+/// laid out as the map: `B × C × P` memory for an NCHW map (whose view is the transposed one,
+/// "channel-major"), `B × P × C` memory for a channels-last map (whose view is contiguous), so
+/// that the gradient reaches the map without a layout copy. Products are computed in the
+/// memory's orientation (the transposed product for a channel-major gradient).
+pub(super) struct MapGrad(Tensor);
+
+impl MapGrad {
+    /// Whether the `B × P × C` view `view` has its channels apart in memory (an NCHW map's).
+    fn is_channel_major(view: &Tensor) -> bool {
+        view.stride()[2] != 1
+    }
+
+    /// Uninitialised, of `kind`, laid out as the view `like`.
+    pub(super) fn empty(like: &Tensor, kind: Kind) -> Self {
+        let (b, p, c) = (like.size()[0], like.size()[1], like.size()[2]);
+        let opts = (kind, like.device());
+        MapGrad(if Self::is_channel_major(like) { Tensor::empty([b, c, p], opts).transpose(1, 2) } else { Tensor::empty([b, p, c], opts) })
+    }
+
+    /// Zeros of `kind`, laid out as the view `like`.
+    fn zeros(like: &Tensor, kind: Kind) -> Self {
+        let mut grad = Self::empty(like, kind);
+        let _ = grad.0.zero_();
+        grad
+    }
+
+    /// `lhs · rhs` (`B × P × K` times `B × K × C`) laid out as the view `like`.
+    fn product(lhs: &Tensor, rhs: &Tensor, like: &Tensor) -> Self {
+        MapGrad(if Self::is_channel_major(like) { rhs.transpose(1, 2).bmm(&lhs.transpose(1, 2)).transpose(1, 2) } else { lhs.bmm(rhs) })
+    }
+
+    /// `+= lhs · rhs` (`B × P × K` times `B × K × C`).
+    fn add_product(&mut self, lhs: &Tensor, rhs: &Tensor) {
+        let _ = if Self::is_channel_major(&self.0) {
+            self.0.transpose(1, 2).baddbmm_(&rhs.transpose(1, 2), &lhs.transpose(1, 2))
+        } else {
+            self.0.baddbmm_(lhs, rhs)
+        };
+    }
+
+    /// `[b, sel[b, i], :] += rows[b, i, :]` (`rows`: `B × N × C`).
+    pub(super) fn add_rows(&mut self, sel: &Tensor, rows: &Tensor) {
+        let c = rows.size()[2];
+        let _ = self.0.scatter_add_(1, &sel.unsqueeze(-1).expand([-1, -1, c], false), rows);
+    }
+
+    /// The `B × P × C` view.
+    pub(super) fn view(&self) -> &Tensor {
+        &self.0
+    }
+
+    /// The `B × P × C` gradient, in `kind`.
+    pub(super) fn into_view(self, kind: Kind) -> Tensor {
+        check::grad_as(self.0, kind)
+    }
+}
+
 /// Softmax backward for rows `a = softmax(s)`: `ds = a ⊙ (da − Σ_j da⊙a)`, with one
 /// temporary of `a`'s size.
 pub fn softmax_backward(a: &Tensor, da: &Tensor) -> Tensor {
@@ -118,18 +176,17 @@ impl AutogradOp for SelectedAttention {
     }
 
     // dS = softmax_backward(A, dA).  S = Q Xᵀ with Q = X[sel]:
-    //   dX = dSᵀ Q  (formed transposed, Qᵀ dS: C × P, the layout of the feature map the view
-    //   X came from, so autograd accumulates it without a copy)
-    //      + dS X scattered (index-add) into the rows sel.
+    //   dX = dSᵀ Q + dS X scattered (index-add) into the rows sel,
+    // formed in the layout of the feature map the view X came from ([`MapGrad`]), so autograd
+    // accumulates it without a copy.
     fn backward(&self, ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let (Some(da), true) = (&grads[0], ctx.needs_input_grad(0)) else { return Ok(vec![None, None]) };
-        let [x, sel, a] = ctx.saved() else { return Err(invalid("qs_selected_attention: bad saved state")) };
-        let x = x.to_kind(a.kind());
+        let [x_view, sel, a] = ctx.saved() else { return Err(invalid("qs_selected_attention: bad saved state")) };
+        let x = x_view.to_kind(a.kind());
         let ds = softmax_backward(a, &da.to_kind(a.kind()));
-        let mut dx_t = gather_rows(&x, sel).transpose(1, 2).bmm(&ds);
-        let rows_of_sel = sel.unsqueeze(1).expand([-1, x.size()[2], -1], false);
-        let _ = dx_t.scatter_add_(2, &rows_of_sel, &ds.bmm(&x).transpose(1, 2));
-        Ok(vec![Some(check::grad_as(dx_t.transpose(1, 2), self.x_kind)), None])
+        let mut dx = MapGrad::product(&ds.transpose(1, 2), &gather_rows(&x, sel), x_view);
+        dx.add_rows(sel, &ds.bmm(&x));
+        Ok(vec![Some(dx.into_view(self.x_kind)), None])
     }
 }
 
@@ -189,12 +246,13 @@ impl AutogradOp for AttendRoute {
     }
 
     // Per block r, with A_r recomputed:
-    //   dY    += A_rᵀ dV_r                       (formed transposed: dYᵀ += dV_rᵀ A_r)
+    //   dY    += A_rᵀ dV_r
     //   dA_r   = dV_r Yᵀ,   dS_r = softmax_backward(A_r, dA_r)
-    //   dX_k  += dS_rᵀ Q_r                       (transposed: dX_kᵀ += Q_rᵀ dS_r)
+    //   dX_k  += dS_rᵀ Q_r
     //   dQ_r   = dS_r X_k  → index-add into dX_q at the rows sel_r
-    // Gradients are accumulated transposed (C × P, the layout of the feature maps the views
-    // came from); with shared keys dX_k and dX_q are one buffer.
+    // Each gradient is accumulated in the layout of the feature map its view came from
+    // ([`MapGrad`]: C × P memory for NCHW, P × C for channels-last); with shared keys dX_k and
+    // dX_q are one buffer.
     fn backward(&self, ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let shared_keys = self.k_kind.is_none();
         let n_inputs = if shared_keys { 3 } else { 4 };
@@ -202,15 +260,14 @@ impl AutogradOp for AttendRoute {
         let (x_q, sel, y, x_k) = self.operands(ctx.saved())?;
         let dv = dv.to_kind(x_q.kind());
         let (b, n) = (sel.size()[0], sel.size()[1]);
-        let (p_q, p_k, c) = (x_q.size()[1], x_k.size()[1], x_q.size()[2]);
-        let opts = (x_q.kind(), x_q.device());
         let need_q = ctx.needs_input_grad(0);
         let need_y = ctx.needs_input_grad(2);
         let need_k = if shared_keys { need_q } else { ctx.needs_input_grad(3) };
-        let mut dq_t = need_q.then(|| Tensor::zeros([b, c, p_q], opts));
-        let mut dk_t = (need_k && !shared_keys).then(|| Tensor::zeros([b, c, p_k], opts));
-        let mut dy_t = need_y.then(|| Tensor::zeros([b, y.size()[2], p_k], opts));
-        let rows = row_block(b, p_k, n, x_q.device());
+        // (the operands keep the layouts of the saved views, those of the maps)
+        let mut dq = need_q.then(|| MapGrad::zeros(&x_q, x_q.kind()));
+        let mut dk = (need_k && !shared_keys).then(|| MapGrad::zeros(&x_k, x_q.kind()));
+        let mut dy = need_y.then(|| MapGrad::zeros(&y, x_q.kind()));
+        let rows = row_block(b, x_k.size()[1], n, x_q.device());
         let (keys_t, values_t) = (x_k.transpose(1, 2), y.transpose(1, 2));
         for start in (0..n).step_by(rows as usize) {
             let len = rows.min(n - start);
@@ -218,8 +275,8 @@ impl AutogradOp for AttendRoute {
             let q_r = gather_rows(&x_q, &sel_r);
             let a_r = q_r.bmm(&keys_t).softmax(-1, x_q.kind());
             let dv_r = dv.narrow(1, start, len);
-            if let Some(dy_t) = dy_t.as_mut() {
-                let _ = dy_t.baddbmm_(&dv_r.transpose(1, 2), &a_r);
+            if let Some(dy) = dy.as_mut() {
+                dy.add_product(&a_r.transpose(1, 2), &dv_r);
             }
             if !(need_q || need_k) {
                 continue;
@@ -227,18 +284,16 @@ impl AutogradOp for AttendRoute {
             let ds_r = softmax_backward(&a_r, &dv_r.bmm(&values_t));
             drop(a_r);
             if need_k {
-                let target = if shared_keys { dq_t.as_mut() } else { dk_t.as_mut() };
-                let _ = target.expect("allocated when needed").baddbmm_(&q_r.transpose(1, 2), &ds_r);
+                let target = if shared_keys { dq.as_mut() } else { dk.as_mut() };
+                target.expect("allocated when needed").add_product(&ds_r.transpose(1, 2), &q_r);
             }
-            if let Some(dq_t) = dq_t.as_mut() {
-                let dq_r = ds_r.bmm(&x_k).transpose(1, 2); // B × C × rows
-                let _ = dq_t.scatter_add_(2, &sel_r.unsqueeze(1).expand([-1, c, -1], false), &dq_r);
+            if let Some(dq) = dq.as_mut() {
+                dq.add_rows(&sel_r, &ds_r.bmm(&x_k));
             }
         }
-        let out = |g: Option<Tensor>, kind: Kind| g.map(|g| check::grad_as(g.transpose(1, 2), kind));
-        let mut result = vec![out(dq_t, self.q_kind), None, out(dy_t, self.y_kind)];
+        let mut result = vec![dq.map(|g| g.into_view(self.q_kind)), None, dy.map(|g| g.into_view(self.y_kind))];
         if let Some(k_kind) = self.k_kind {
-            result.push(out(dk_t, k_kind));
+            result.push(dk.map(|g| g.into_view(k_kind)));
         }
         Ok(result)
     }

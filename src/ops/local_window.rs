@@ -18,7 +18,7 @@
 use tch::{Kind, TchError, Tensor};
 
 use super::check;
-use super::global_attention::{block_elements, gather_rows, softmax_backward, softmax_entropy};
+use super::global_attention::{block_elements, gather_rows, softmax_backward, softmax_entropy, MapGrad};
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
 
@@ -97,16 +97,19 @@ impl Window {
         padded.index_select(0, &rows.flatten(0, -1)).view([s[0], s[1], s[2], c])
     }
 
-    /// Adjoint of `gather`: sums window-row gradients `B × n × k² × C` back into `B × P × C`.
-    fn scatter(&self, d_nb: &Tensor, rows: &Tensor, batch: i64) -> Tensor {
-        let (c, r) = (d_nb.size()[3], self.radius());
+    /// Adjoint of `gather`: sums window-row gradients `B × n × k² × C` back into `B × P × C`,
+    /// laid out as the map whose `B × P × C` view is `like`.
+    fn scatter(&self, d_nb: &Tensor, rows: &Tensor, like: &Tensor) -> MapGrad {
+        let (batch, c, r) = (like.size()[0], d_nb.size()[3], self.radius());
         let padded = Tensor::zeros([batch * self.padded_positions(), c], (d_nb.kind(), d_nb.device()))
             .index_add(0, &rows.flatten(0, -1), &d_nb.reshape([-1, c]));
-        padded
+        let interior = padded
             .view([batch, self.height + 2 * r, self.padded_width(), c])
             .narrow(1, r, self.height)
-            .narrow(2, r, self.width)
-            .reshape([batch, self.height * self.width, c])
+            .narrow(2, r, self.width);
+        let grad = MapGrad::empty(like, d_nb.kind());
+        let _ = grad.view().view([batch, self.height, self.width, c]).copy_(&interior);
+        grad
     }
 
     /// Keys in the chosen layout from window rows (`… × k² × C` → `… × k² × C`).
@@ -218,11 +221,9 @@ impl AutogradOp for LocalAttention {
         let xq = gather_rows(&x, sel);
         let dxq = ds.unsqueeze(-2).matmul(&keys).squeeze_dim(-2);
         let d_keys = ds.unsqueeze(-1) * xq.unsqueeze(-2);
-        let b = x.size()[0];
-        let mut dx = self.window.scatter(&self.window.keys_adjoint(&d_keys), &rows, b);
-        let c = x.size()[2];
-        let _ = dx.scatter_add_(1, &sel.unsqueeze(-1).expand([-1, -1, c], false), &dxq);
-        Ok(vec![Some(check::grad_as(dx, self.x_kind)), None])
+        let mut dx = self.window.scatter(&self.window.keys_adjoint(&d_keys), &rows, &x);
+        dx.add_rows(sel, &dxq);
+        Ok(vec![Some(dx.into_view(self.x_kind)), None])
     }
 }
 
@@ -267,8 +268,7 @@ impl AutogradOp for LocalRouting {
         });
         let dy = ctx.needs_input_grad(1).then(|| {
             let d_vals = a.unsqueeze(-1) * dv.unsqueeze(-2);
-            let dy = self.window.scatter(&self.window.values_adjoint(&d_vals), &rows, y.size()[0]);
-            check::grad_as(dy, self.y_kind)
+            self.window.scatter(&self.window.values_adjoint(&d_vals), &rows, y).into_view(self.y_kind)
         });
         Ok(vec![da, dy, None])
     }

@@ -21,3 +21,15 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     let d = max_abs_diff(a, b);
     assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
 }
+
+/// `t` stored channels-last (NHWC memory, the same values and shape), a leaf requiring grad
+/// if `t` does.
+pub fn nhwc(t: &Tensor) -> Tensor {
+    let stored = t.detach().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    stored.set_requires_grad(t.requires_grad())
+}
+
+/// Whether `t` is stored channels-last (and not also NCHW-contiguous).
+pub fn is_nhwc(t: &Tensor) -> bool {
+    !t.is_contiguous() && t.permute([0, 2, 3, 1]).is_contiguous()
+}
