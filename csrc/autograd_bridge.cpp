@@ -183,19 +183,14 @@ void qs_autocast_guard_end(void* guard) { delete static_cast<c10::impl::ExcludeD
 // t itself. For nodes that wrap a convolution, whose own passes run with autocast off.
 // nullptr with `error` set on failure; the caller owns the result.
 at::Tensor* qs_autocast_conv_input(const at::Tensor* t, const char** error) {
-  try {
+  return qs_tensor_or_error(error, [&] {
     const at::DeviceType device_type = t->device().type();
     const bool on = at::autocast::is_autocast_available(device_type) &&
                     at::autocast::is_autocast_enabled(device_type) &&
                     !c10::impl::tls_is_dispatch_key_excluded(
                         at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
-    if (!on) return new at::Tensor(*t);
-    return new at::Tensor(
-        at::autocast::cached_cast(at::autocast::get_autocast_dtype(device_type), *t, device_type));
-  } catch (...) {
-    *error = qs_current_error_text();
-    return nullptr;
-  }
+    return on ? at::autocast::cached_cast(at::autocast::get_autocast_dtype(device_type), *t, device_type) : *t;
+  });
 }
 
 // Runs `op` (a Rust `Box<Box<dyn AutogradOp>>`, owned from here on) as an autograd node.

@@ -2,6 +2,7 @@
 // entry points that return an error as text.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <exception>
@@ -21,4 +22,16 @@ inline const char* qs_current_error_text() {
     message = "unknown C++ exception";
   }
   return message.c_str();
+}
+
+// The tensor `make()` returns, as a new tensor the caller owns; nullptr with `*error` set if it
+// throws. The contract of the entry points that src/error.rs's `tensor_from_c` calls.
+template <typename F>
+at::Tensor* qs_tensor_or_error(const char** error, F&& make) {
+  try {
+    return new at::Tensor(make());
+  } catch (...) {
+    *error = qs_current_error_text();
+    return nullptr;
+  }
 }

@@ -10,11 +10,6 @@
 extern "C" {
 // leaky_relu(x, slope); nullptr with `error` set on failure. The caller owns the result.
 at::Tensor* qs_leaky_relu(const at::Tensor* x, double slope, const char** error) {
-  try {
-    return new at::Tensor(at::leaky_relu(*x, slope));
-  } catch (...) {
-    *error = qs_current_error_text();
-    return nullptr;
-  }
+  return qs_tensor_or_error(error, [&] { return at::leaky_relu(*x, slope); });
 }
 }  // extern "C"

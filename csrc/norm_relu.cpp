@@ -11,13 +11,10 @@ extern "C" {
 // nullptr with `*error` set (valid until this thread's next call).
 at::Tensor* qs_batch_norm_input_grad(const at::Tensor* grad, const at::Tensor* input, const at::Tensor* mean,
                                      const at::Tensor* invstd, double eps, const char** error) {
-  try {
+  return qs_tensor_or_error(error, [&] {
     auto grads = at::native_batch_norm_backward(*grad, *input, {}, {}, {}, *mean, *invstd, /*train=*/true, eps,
                                                 {true, false, false});
-    return new at::Tensor(std::get<0>(grads));
-  } catch (...) {
-    *error = qs_current_error_text();
-    return nullptr;
-  }
+    return std::get<0>(grads);
+  });
 }
 }
