@@ -26,6 +26,8 @@ import torch
 
 from . import _native
 from . import metrics
+from .datasets import bundled_dataset
+from .models import load_generator
 
 __all__ = ["EvaluationReport", "evaluate", "evaluate_generator", "real_features"]
 
@@ -209,8 +211,6 @@ def evaluate_generator(
         raise ValueError(f"direction is 'AtoB' or 'BtoA', got {direction!r}")
     metrics.inception_weights_path()  # fail early, before translating anything
     if data is None:
-        from .train import bundled_dataset
-
         data = bundled_dataset()
     data = Path(data)
     source_split, target_split = _SPLITS[direction]
@@ -346,8 +346,6 @@ def _default_data(infos: Sequence[Dict[str, Any]]) -> Path:
         root = info.get("dataroot")
         if root and all((Path(root) / split).is_dir() for split in _SPLITS["AtoB"]):
             return Path(root)
-    from .train import bundled_dataset
-
     return bundled_dataset()
 
 
@@ -382,8 +380,6 @@ def evaluate(
     Other arguments as for :func:`evaluate_generator`; the default protocol translates the whole
     test split at the training crop size.
     """
-    from .models import load_generator
-
     metrics.inception_weights_path()  # fail early when the eval extra is missing
     found = _checkpoints(Path(target))
     infos = {label: _checkpoint_info(path) for label, path in found.items()}
