@@ -26,6 +26,7 @@ import torch
 
 from . import _native
 from . import metrics
+from ._ops import check_choice
 from .datasets import bundled_dataset
 from .models import load_generator
 
@@ -35,6 +36,7 @@ PathLike = Union[str, Path]
 Size = Union[int, str, None]
 #: Bumped whenever a protocol change alters features (invalidates disk caches).
 PROTOCOL_VERSION = 1
+# the (source, target) test folders of each direction
 _SPLITS = {"AtoB": ("testA", "testB"), "BtoA": ("testB", "testA")}
 _CHECKPOINTS = ("latest", "best")
 
@@ -207,8 +209,7 @@ def evaluate_generator(
         metrics.EvalExtraMissingError: the Inception weights are not installed.
     """
     start = time.perf_counter()
-    if direction not in _SPLITS:
-        raise ValueError(f"direction is 'AtoB' or 'BtoA', got {direction!r}")
+    check_choice("direction", direction)
     metrics.inception_weights_path()  # fail early, before translating anything
     if data is None:
         data = bundled_dataset()
