@@ -15,26 +15,13 @@ use tch::{Kind, Reduction, TchError, Tensor};
 
 use crate::error::invalid;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum GanMode {
-    Lsgan,
-    Vanilla,
-    Nonsaturating,
-    Wgangp,
-}
-
-impl std::str::FromStr for GanMode {
-    type Err = TchError;
-    fn from_str(s: &str) -> Result<Self, TchError> {
-        match s {
-            "lsgan" => Ok(GanMode::Lsgan),
-            "vanilla" => Ok(GanMode::Vanilla),
-            "nonsaturating" => Ok(GanMode::Nonsaturating),
-            "wgangp" => Ok(GanMode::Wgangp),
-            other => Err(invalid(format!(
-                "gan mode must be one of 'lsgan', 'vanilla', 'nonsaturating', 'wgangp', got '{other}'"
-            ))),
-        }
+crate::choice_enum! {
+    /// The GAN objective (the table above).
+    pub enum GanMode("gan_mode") {
+        Lsgan = "lsgan",
+        Vanilla = "vanilla",
+        Nonsaturating = "nonsaturating",
+        Wgangp = "wgangp",
     }
 }
 

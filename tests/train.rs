@@ -1,5 +1,6 @@
 //! Training options and the learning-rate schedule (spec §11.1, §11.3, T12, Q23).
 use qs_attn::train::config::TrainConfig;
+use qs_attn::train::options::Mode;
 
 #[test]
 fn lr_multipliers_oracle_t12() {
@@ -39,6 +40,6 @@ fn impossible_sizes_are_rejected_with_the_option_names() {
     ok.validate().unwrap();
     let bad_load = TrainConfig { load_size: 128, ..TrainConfig::default() };
     assert!(bad_load.validate().unwrap_err().to_string().contains("load_size"));
-    let cut = TrainConfig { mode: "none".into(), crop_size: 32, load_size: 36, ..TrainConfig::default() };
+    let cut = TrainConfig { mode: Mode(None), crop_size: 32, load_size: 36, ..TrainConfig::default() };
     cut.validate().unwrap(); // random sampling takes min(N, P): no constraint
 }

@@ -37,7 +37,8 @@ from . import metrics, nn
 from .evaluate import EvaluationReport, evaluate, evaluate_generator
 from .models import Discriminator, Generator, checkpoint_state_dicts, export_pth, import_pth, load_generator, translate
 from .trainer import StepInfo, StopTraining, Trainer
-from .train import TrainResult, bundled_dataset, plot_losses, resume, train
+from .datasets import bundled_dataset
+from .train import TrainResult, plot_losses, resume, train
 
 __version__ = "0.1.0"
 

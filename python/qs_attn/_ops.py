@@ -7,18 +7,22 @@ import torch
 
 from . import _library, _native
 
-_MODES = ("global", "local", "local_global", "cross")
-_LAYOUTS = ("geometric", "reference")
+#: The allowed values of every named option (option → names), from the Rust enums.
+OPTION_CHOICES = _native.OPTION_CHOICES
 
 
 def _check_tensor(name: str, value) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be a CPU or CUDA tensor, got device {value.device}")
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+def check_choice(option: str, value, choices: Optional[str] = None) -> None:
+    """Raises ``ValueError`` unless ``value`` is one of ``OPTION_CHOICES[choices or option]``."""
+    allowed = OPTION_CHOICES[choices or option]
+    if value not in allowed:
+        raise ValueError(f"{option} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
 def patch_nce_loss(
@@ -29,7 +33,7 @@ def patch_nce_loss(
     reduction: str = "mean",
     detach_keys: bool = True,
 ) -> torch.Tensor:
-    """PatchNCE loss (CUT / QS-Attn, spec §9).
+    """PatchNCE loss (CUT / QS-Attn, docs/algorithm.md §9).
 
     Args:
         feat_q: query rows, ``(B*M, D)``: M rows per image stacked image after image,
@@ -40,7 +44,7 @@ def patch_nce_loss(
             are the negatives.
         tau: temperature (``nce_T``), default 0.07.
         num_images: B, the number of images the rows belong to (default 1). ``B*M`` must be
-            divisible by it. (The reference used the configured batch size here, quirk Q3.)
+            divisible by it. (The reference used the configured batch size here, docs/algorithm.md Q3.)
         reduction: ``"mean"`` (scalar) or ``"none"`` (one loss per row, ``(B*M,)``).
         detach_keys: keys get no gradient (the reference's behaviour); ``False`` keeps it.
 
@@ -52,7 +56,7 @@ def patch_nce_loss(
     """
     _check_tensor("feat_q", feat_q)
     _check_tensor("feat_k", feat_k)
-    _check_choice("reduction", reduction, ("mean", "none"))
+    check_choice("reduction", reduction)
     num_images = 1 if num_images is None else int(num_images)
     if torch.compiler.is_compiling():
         return _library.patch_nce_loss(feat_q, feat_k, float(tau), num_images, reduction, bool(detach_keys))
@@ -70,8 +74,8 @@ def qs_entropy(
     border slots take part with logit 0), keys per ``local_layout``. Low entropy = selected first.
     """
     _check_tensor("feat", feat)
-    _check_choice("mode", mode, ("global", "local"))
-    _check_choice("local_layout", local_layout, _LAYOUTS)
+    check_choice("mode", mode, "entropy_mode")
+    check_choice("local_layout", local_layout)
     return _native.qs_entropy(feat, mode, int(window), local_layout)
 
 
@@ -137,8 +141,8 @@ def qs_select(
             (our extension: selection as global, query branch by cross-domain attention, see
             :func:`qs_cross_route`).
         window: odd window size of the local modes (the paper uses 7).
-        local_layout: ``"geometric"`` (true windows, spec §8.2) or ``"reference"`` (the
-            authors' scrambled unfold reading, spec §8.3, to reproduce their released models).
+        local_layout: ``"geometric"`` (true windows, docs/algorithm.md §8.2) or ``"reference"`` (the
+            authors' scrambled unfold reading, docs/algorithm.md §8.3, to reproduce their released models).
         detach_attn: cut the gradient through the attention (ablation; default keeps it, so
             the query branch reaches the source features through the attention).
 
@@ -146,8 +150,8 @@ def qs_select(
         A :class:`QSSelection`. Route features with :func:`qs_route`.
     """
     _check_tensor("feat", feat)
-    _check_choice("mode", mode, _MODES)
-    _check_choice("local_layout", local_layout, _LAYOUTS)
+    check_choice("mode", mode, "qs_mode")
+    check_choice("local_layout", local_layout)
     source_map = feat.detach() if detach_attn else feat
     if torch.compiler.is_compiling():
         indices = _library.select_indices(feat, int(num_patches), mode, int(window), local_layout)
@@ -204,7 +208,7 @@ def sample_patch_ids(
     generator: Optional[torch.Generator] = None,
     device=None,
 ) -> torch.Tensor:
-    """Random patch positions for the CUT slots (spec §7.2).
+    """Random patch positions for the CUT slots (docs/algorithm.md §7.2).
 
     Returns the first ``min(num_patches, num_positions)`` entries of a uniform random
     permutation of ``range(num_positions)``: shape ``(N,)`` shared by the batch (the

@@ -30,6 +30,10 @@ class SharedTensorModule(nn.Module):
 
     def __init__(self, state: Dict[str, torch.Tensor], trainable: Iterable[str]):
         super().__init__()
+        self._share(state, trainable)
+
+    def _share(self, state: Dict[str, torch.Tensor], trainable: Iterable[str]) -> None:
+        """Registers ``state`` (a module may do it later, once its tensors exist)."""
         trainable = set(trainable)
         for name, tensor in sorted(state.items(), key=lambda item: _module_order(item[0])):
             owner, leaf = self._owner(name)

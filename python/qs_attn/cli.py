@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train on a dataset folder (default: the bundled emoji set)")
     p.add_argument("--dataroot", default=None)
     p.add_argument("--name", default="experiment")
-    p.add_argument("--mode", default="global", choices=["global", "local", "local_global", "cross", "none"])
+    p.add_argument("--mode", default="global", choices=qs_attn._native.OPTION_CHOICES["mode"])
     p = sub.add_parser("resume", help="continue a run from its checkpoint")
     p.add_argument("checkpoint")
     p = sub.add_parser("translate", help="translate an image or a folder with a trained generator")
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                                                 "dataroot if it still exists, else the bundled set)")
     p.add_argument("--json", default=None, help="also write the report as JSON here")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--direction", default=None, choices=["AtoB", "BtoA"])
+    p.add_argument("--direction", default=None, choices=qs_attn._native.OPTION_CHOICES["direction"])
     p.add_argument("--size", type=int, default=None,
                    help="resize to size x size (default: the training crop size; 0: native size)")
     p.add_argument("--max-images", type=int, default=None,

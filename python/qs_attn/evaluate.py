@@ -26,6 +26,9 @@ import torch
 
 from . import _native
 from . import metrics
+from ._ops import check_choice
+from .datasets import bundled_dataset
+from .models import load_generator
 
 __all__ = ["EvaluationReport", "evaluate", "evaluate_generator", "real_features"]
 
@@ -33,6 +36,7 @@ PathLike = Union[str, Path]
 Size = Union[int, str, None]
 #: Bumped whenever a protocol change alters features (invalidates disk caches).
 PROTOCOL_VERSION = 1
+# the (source, target) test folders of each direction
 _SPLITS = {"AtoB": ("testA", "testB"), "BtoA": ("testB", "testA")}
 _CHECKPOINTS = ("latest", "best")
 
@@ -205,12 +209,9 @@ def evaluate_generator(
         metrics.EvalExtraMissingError: the Inception weights are not installed.
     """
     start = time.perf_counter()
-    if direction not in _SPLITS:
-        raise ValueError(f"direction is 'AtoB' or 'BtoA', got {direction!r}")
+    check_choice("direction", direction)
     metrics.inception_weights_path()  # fail early, before translating anything
     if data is None:
-        from .train import bundled_dataset
-
         data = bundled_dataset()
     data = Path(data)
     source_split, target_split = _SPLITS[direction]
@@ -346,8 +347,6 @@ def _default_data(infos: Sequence[Dict[str, Any]]) -> Path:
         root = info.get("dataroot")
         if root and all((Path(root) / split).is_dir() for split in _SPLITS["AtoB"]):
             return Path(root)
-    from .train import bundled_dataset
-
     return bundled_dataset()
 
 
@@ -382,8 +381,6 @@ def evaluate(
     Other arguments as for :func:`evaluate_generator`; the default protocol translates the whole
     test split at the training crop size.
     """
-    from .models import load_generator
-
     metrics.inception_weights_path()  # fail early when the eval extra is missing
     found = _checkpoints(Path(target))
     infos = {label: _checkpoint_info(path) for label, path in found.items()}

@@ -76,7 +76,7 @@ class Generator(SharedTensorModule):
         net.init_weights(init_type, init_gain)
         super().__init__(net.state(), net.parameter_names())
         self._native = net
-        #: The training crop size: images are resized to it for translation (spec §12.1).
+        #: The training crop size: images are resized to it for translation (docs/algorithm.md §12.1).
         self.crop_size = crop_size
         self.to(device)
 

@@ -1,15 +1,17 @@
-"""``torch.nn.Module`` wrappers: a drop-in replacement for the CUT / QS-Attn projector and the
-PatchNCE loss."""
+"""``torch.nn.Module`` wrappers: a drop-in replacement for the CUT / QS-Attn projector (the Rust
+projector the trainer uses) and the PatchNCE loss."""
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from ._ops import QSSelection, patch_nce_loss, qs_cross_route, qs_route, qs_select, sample_patch_ids
+from . import _native
+from ._ops import QSSelection, check_choice, patch_nce_loss
+from ._shared_module import SharedTensorModule
 
-__all__ = ["PatchNCELoss", "PatchSampleF", "init_weights"]
+__all__ = ["PatchNCELoss", "PatchSampleF"]
 
 
 class PatchNCELoss(nn.Module):
@@ -32,35 +34,9 @@ class PatchNCELoss(nn.Module):
         return f"tau={self.tau}, reduction={self.reduction!r}, detach_keys={self.detach_keys}"
 
 
-def init_weights(module: nn.Module, init_type: str = "xavier", init_gain: float = 0.02) -> None:
-    """The reference initialisation (spec §3.1) of every Conv/Linear weight, biases to 0.
-
-    ``xavier``: Xavier-normal with gain ``init_gain`` (default); ``normal``: N(0, init_gain);
-    ``kaiming``: Kaiming-normal (fan_in, a=0); ``orthogonal``: gain ``init_gain``.
-    """
-    inits = {
-        "normal": lambda w: nn.init.normal_(w, 0.0, init_gain),
-        "xavier": lambda w: nn.init.xavier_normal_(w, gain=init_gain),
-        "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),
-        "orthogonal": lambda w: nn.init.orthogonal_(w, gain=init_gain),
-    }
-    if init_type not in inits:
-        raise ValueError(f"init_type must be one of {', '.join(map(repr, inits))}, got {init_type!r}")
-    for m in module.modules():
-        name = type(m).__name__
-        if ("Conv" in name or "Linear" in name) and getattr(m, "weight", None) is not None:
-            inits[init_type](m.weight.data)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias.data)
-
-
-def _l2norm(x: torch.Tensor) -> torch.Tensor:
-    # The reference's normalisation: v / (‖v‖₂ + 1e-7), epsilon on the norm.
-    return x / (x.pow(2).sum(-1, keepdim=True).sqrt() + 1e-7)
-
-
-class PatchSampleF(nn.Module):
-    """The CUT / QS-Attn patch sampler and projection head (spec §7, §8), on our ops.
+class PatchSampleF(SharedTensorModule):
+    """The CUT / QS-Attn patch sampler and projection head (docs/algorithm.md §7, §8): the
+    Rust projector the trainer uses, as a module.
 
     Same call as the reference's ``PatchSampleF``::
 
@@ -68,24 +44,26 @@ class PatchSampleF(nn.Module):
         feats_q, _, _ = netF(feat_tgt_list, num_patches, ids, attn_mats)             # target call
 
     Args:
-        mode: ``"global"`` | ``"local"`` | ``"local_global"`` | ``"cross"`` (QS-Attn slots) or
-            ``"none"`` (CUT: every slot random).
+        mode: a QS-Attn mode (``qs_attn._native.OPTION_CHOICES["mode"]``: ``"global"``,
+            ``"local"``, ``"local_global"``, ``"cross"``) or ``"none"`` (CUT: every slot random).
         use_mlp: project with ``Linear(C, nc) → ReLU → Linear(nc, nc)`` per slot (``mlp_<s>``),
             created lazily on the first call (or eagerly with :meth:`create_mlp`).
         nc: projection width (``netF_nc``, 256).
         local_layout: ``"geometric"`` or ``"reference"`` (the authors' layout; use it to
             reproduce their released local / local_global models).
         window: local window size (odd; the paper uses 7).
-        qs_slots: indices of the slots that use QS-Attn; ``None`` = every slot from index 3 on
-            (the reference: with the default 5 taps, the last two).
+        qs_slots: indices of the slots that use QS-Attn; ``None`` = the reference's (with the
+            default 5 taps, the last two).
         per_image_ids: draw random ids per image instead of sharing them across the batch.
         detach_attn: cut the gradient through the attention (ablation).
-        init_type, init_gain: initialisation of the MLPs (spec §3.1).
+        init_type, init_gain: initialisation of the MLPs (docs/algorithm.md §3.1, torch's
+            global RNG).
 
     Returns of ``forward``: ``feats`` — per slot ``(B*N, nc)`` L2-normalised rows (``(B*N, C)``
     without MLP); ``ids`` — random slots: the ``(N,)`` (or ``(B, N)``) ids used, QS slots: the
     selected ``(B, N)`` indices; ``attn_mats`` — QS slots: the :class:`qs_attn.QSSelection`
-    of the source call (pass it back for the target call), random slots: ``None``.
+    of the source call (pass it back for the target call), random slots: ``None``. Random ids
+    are drawn from a seed taken from torch's global RNG when the projector is built.
     """
 
     def __init__(
@@ -101,41 +79,56 @@ class PatchSampleF(nn.Module):
         init_type: str = "xavier",
         init_gain: float = 0.02,
     ):
-        super().__init__()
-        if mode not in ("global", "local", "local_global", "cross", "none"):
-            raise ValueError(f"mode must be 'global', 'local', 'local_global', 'cross' or 'none', got {mode!r}")
+        super().__init__({}, ())
+        check_choice("mode", mode)
+        check_choice("local_layout", local_layout)
+        check_choice("init_type", init_type)
         self.mode = mode
         self.use_mlp = use_mlp
         self.nc = nc
         self.local_layout = local_layout
         self.window = window
-        self.qs_slots = None if qs_slots is None else frozenset(int(s) for s in qs_slots)
+        self.qs_slots = None if qs_slots is None else sorted({int(s) for s in qs_slots})
         self.per_image_ids = per_image_ids
         self.detach_attn = detach_attn
         self.init_type = init_type
         self.init_gain = init_gain
-        self.mlp_init = False
+        self._native = None
 
-    def is_qs_slot(self, slot: int) -> bool:
-        if self.mode == "none":
-            return False
-        return slot >= 3 if self.qs_slots is None else slot in self.qs_slots
+    @property
+    def mlp_init(self) -> bool:
+        """Whether the projector (and its MLPs) exists yet."""
+        return self._native is not None
+
+    def _build(self, channels: Sequence[int], weights: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._native = _native.Network.projector(
+            [int(c) for c in channels], int(self.nc), bool(self.use_mlp), self.mode, self.qs_slots, int(self.window),
+            self.local_layout, bool(self.per_image_ids), bool(self.detach_attn), seed, weights)
+        if weights is None:
+            self._native.init_weights(self.init_type, float(self.init_gain))
+        self._share(self._native.state(), self._native.parameter_names())
 
     def create_mlp(self, feats: Sequence[Union[torch.Tensor, int]]) -> None:
-        """Builds the per-slot MLPs from the feature maps (or their channel counts) and
-        initialises them; call it before ``load_state_dict`` to load weights eagerly."""
-        device, dtype = None, None
-        for slot, feat in enumerate(feats):
-            if isinstance(feat, torch.Tensor):
-                channels, device, dtype = feat.shape[1], feat.device, feat.dtype
-            else:
-                channels = int(feat)
-            mlp = nn.Sequential(nn.Linear(channels, self.nc), nn.ReLU(), nn.Linear(self.nc, self.nc))
-            setattr(self, f"mlp_{slot}", mlp)
-        init_weights(self, self.init_type, self.init_gain)
-        if device is not None:
-            self.to(device=device, dtype=dtype)
-        self.mlp_init = True
+        """Builds the projector (and the per-slot MLPs) from the feature maps or their channel
+        counts, initialised; call it before ``load_state_dict`` to load weights eagerly.
+        Given maps, the MLPs move to their device and dtype."""
+        channels = [f.shape[1] if isinstance(f, torch.Tensor) else int(f) for f in feats]
+        self._build(channels)
+        tensors = [f for f in feats if isinstance(f, torch.Tensor)]
+        if tensors:
+            self.to(device=tensors[-1].device, dtype=tensors[-1].dtype)
+
+    @classmethod
+    def _of_trainer(cls, native, config: dict) -> "PatchSampleF":
+        """The projector of a trainer: its own MLP tensors (shared), its options."""
+        f = cls(mode=config["mode"], nc=int(config["netF_nc"]), local_layout=config["local_layout"],
+                window=int(config["window"]), qs_slots=config.get("qs_slots"),
+                per_image_ids=bool(config["per_image_ids"]))
+        state = native.state_dict("F")
+        slots = sorted({int(k.split(".")[0].removeprefix("mlp_")) for k in state})
+        f._build([state[f"mlp_{s}.0.weight"].shape[1] for s in slots], weights=state)
+        return f
 
     def forward(
         self,
@@ -144,49 +137,33 @@ class PatchSampleF(nn.Module):
         patch_ids: Optional[Sequence] = None,
         attn_mats: Optional[Sequence] = None,
     ):
-        if num_patches < 1:
-            raise ValueError(f"num_patches must be >= 1, got {num_patches}")
-        if self.use_mlp and not self.mlp_init:
-            self.create_mlp(feats)
-        out_feats: List[torch.Tensor] = []
-        out_ids: list = []
-        out_attn: list = []
+        feats = list(feats)
         for slot, feat in enumerate(feats):
-            if feat.dim() != 4:
-                raise ValueError(f"feature map {slot} must be (B, C, H, W), got shape {tuple(feat.shape)}")
-            if self.is_qs_slot(slot):
-                rows, ids, attn = self._qs_slot(feat, num_patches, None if attn_mats is None else attn_mats[slot])
-            else:
-                rows, ids = self._random_slot(feat, num_patches, None if patch_ids is None else patch_ids[slot])
-                attn = None
-            if self.use_mlp:
-                rows = getattr(self, f"mlp_{slot}")(rows)
-            out_feats.append(_l2norm(rows))
-            out_ids.append(ids)
-            out_attn.append(attn)
-        return out_feats, out_ids, out_attn
-
-    def _qs_slot(self, feat, num_patches, selection: Optional[QSSelection]):
-        if selection is None:  # source call: select, then route the source (keys)
-            selection = qs_select(feat, num_patches, self.mode, self.window, self.local_layout, self.detach_attn)
-            routed = qs_route(feat, selection)
-        elif self.mode == "cross":  # target call, cross-domain query branch
-            routed = qs_cross_route(feat, selection)
-        else:  # target call: the source's attention on the translated features (queries)
-            routed = qs_route(feat, selection)
-        return routed.flatten(0, 1), selection.indices, selection
-
-    def _random_slot(self, feat, num_patches, ids):
-        b, c, h, w = feat.shape
-        flat = feat.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        if ids is None:
-            ids = sample_patch_ids(h * w, num_patches, b, self.per_image_ids, device=feat.device)
-        ids = torch.as_tensor(ids, device=feat.device, dtype=torch.long)
-        if ids.dim() == 1:  # shared by the batch, as in the reference
-            rows = flat[:, ids, :]
-        else:
-            rows = flat.gather(1, ids.unsqueeze(-1).expand(-1, -1, c))
-        return rows.flatten(0, 1), ids
+            if not isinstance(feat, torch.Tensor) or feat.dim() != 4:
+                shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
+                raise ValueError(f"feature map {slot} must be (B, C, H, W), got {shape}")
+        if self._native is None:
+            self.create_mlp(feats)
+        ids = None if patch_ids is None else [None if i is None else torch.as_tensor(i, dtype=torch.long)
+                                              for i in patch_ids]
+        if attn_mats is None:  # source call: sample (or select) and project
+            rows, sampled = self._native.project_source(feats, int(num_patches), ids)
+            out_ids, out_attn = [], []
+            for feat, s in zip(feats, sampled):
+                if isinstance(s, tuple):  # a QS slot: the selection's fields
+                    indices, source, local_attn, height, width = s
+                    sel = QSSelection(indices, source.transpose(1, 2).unflatten(2, (height, width)), local_attn,
+                                      self.mode, int(self.window), self.local_layout, height, width)
+                    out_ids.append(indices)
+                    out_attn.append(sel)
+                else:
+                    out_ids.append(s)
+                    out_attn.append(None)
+            return rows, out_ids, out_attn
+        # target call: the source call's selections (QS slots) and ids (random slots)
+        samples = [a if a is not None else (None if ids is None else ids[s]) for s, a in enumerate(attn_mats)]
+        rows = self._native.project_target(feats, int(num_patches), samples)
+        return rows, list(patch_ids) if patch_ids is not None else [None] * len(feats), list(attn_mats)
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, use_mlp={self.use_mlp}, nc={self.nc}, local_layout={self.local_layout!r}, "

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from .trainer import TrainResult, Trainer, bundled_dataset
+from .datasets import bundled_dataset
+from .trainer import TrainResult, Trainer
 
 __all__ = ["TrainResult", "bundled_dataset", "train", "resume", "plot_losses"]
 

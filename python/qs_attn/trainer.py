@@ -9,6 +9,7 @@ User-supplied parts are called from inside the Rust step through pyo3 (see
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -19,17 +20,13 @@ import torch
 from torch import nn
 
 from . import _native
+from . import distributed as dist_mod
+from ._periodic_eval import TrainingEvaluator
+from .datasets import bundled_dataset
 from .models import Discriminator, Generator
 from .nn import PatchSampleF
 
-__all__ = ["StepInfo", "StopTraining", "TrainResult", "Trainer", "bundled_dataset"]
-
-
-def bundled_dataset() -> Path:
-    """The small real two-domain set shipped with the package: emoji drawn by Google (Noto,
-    domain A) and by EmojiOne (domain B), 64x64, 977 training and 108 test pairs (file names
-    pair them for evaluation; training is unpaired). Licences in its LICENSES.md."""
-    return Path(__file__).resolve().parent / "data" / "emoji"
+__all__ = ["StepInfo", "StopTraining", "TrainResult", "Trainer"]
 
 
 class StopTraining(Exception):
@@ -190,15 +187,13 @@ class Trainer:
         config["dataroot"] = str(dataroot if dataroot is not None else bundled_dataset())
         rank_world = self._join(config, distributed, dist_timeout)
         parts = _parts(generator, discriminator, projector, gan_loss, nce_loss, config.get("device", "cpu"))
-        self._setup(_native.Trainer(json.dumps(config), parts), parts, callbacks, epoch_callbacks, progress, rank_world)
+        self._setup(_native.Trainer(_options_json(config), parts), parts, callbacks, epoch_callbacks, progress, rank_world)
         self._setup_eval(eval_freq, eval_data, eval_max_images)
 
     @staticmethod
     def _join(config: dict, distributed: Optional[bool], timeout: float):
         """Joins the torchrun process group when distributed (setting the process's device in
         ``config``); ``(rank, world_size)`` or ``None``."""
-        from . import distributed as dist_mod
-
         if distributed is None:
             distributed = dist_mod.launched_by_torchrun()
         if not distributed:
@@ -224,7 +219,7 @@ class Trainer:
         if rank_world is not None:
             overrides["device"] = config["device"]
         parts = _parts(generator, discriminator, projector, gan_loss, nce_loss, config["device"])
-        native = _native.Trainer.resume(str(checkpoint), json.dumps(overrides) if overrides else None, parts)
+        native = _native.Trainer.resume(str(checkpoint), _options_json(overrides) if overrides else None, parts)
         self = cls.__new__(cls)
         self._setup(native, parts, callbacks, epoch_callbacks, progress, rank_world)
         self._setup_eval(eval_freq, eval_data, eval_max_images)
@@ -234,10 +229,8 @@ class Trainer:
         #: ``(rank, world_size)``; ``(0, 1)`` in a single process.
         self.rank, self.world_size = rank_world or (0, 1)
         if rank_world is not None:
-            from .distributed import GradientAverager, broadcast_states
-
-            broadcast_states({net: native.state_dict(net) for net in ("G", "D", "F")})
-            native.distribute(self.rank, self.world_size, GradientAverager())
+            dist_mod.broadcast_states({net: native.state_dict(net) for net in ("G", "D", "F")})
+            native.distribute(self.rank, self.world_size, dist_mod.GradientAverager())
             progress = progress and self.rank == 0
         self._native = native
         self._parts = parts
@@ -250,12 +243,10 @@ class Trainer:
         self._views: Dict[str, nn.Module] = {}
 
     def _setup_eval(self, every: Optional[int], data, max_images: Optional[int]) -> None:
-        """In-training evaluation (rank 0 only); see :mod:`qs_attn._train_eval`."""
+        """In-training evaluation (rank 0 only); see :mod:`qs_attn._periodic_eval`."""
         self._eval = None
         if every is None or self.rank != 0:
             return
-        from ._train_eval import TrainingEvaluator
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._eval = TrainingEvaluator(self.run_dir, int(every), Path(data or self.config["dataroot"]),
                                        int(self.config["crop_size"]), max_images)
@@ -298,7 +289,7 @@ class Trainer:
         if "F" in self._parts:
             return self._parts["F"]
         if "F" not in self._views:
-            self._views["F"] = _projector_view(self._native, self.config)
+            self._views["F"] = PatchSampleF._of_trainer(self._native, self.config)
         return self._views["F"]
 
     # -- training -----------------------------------------------------------------------------
@@ -398,19 +389,7 @@ class Trainer:
         """A grid of test translations (rows: source | translation | target-domain image |
         identity), from the first ``n`` images of testA/testB (or trainA/trainB): a ``3×H×W``
         tensor in [0, 1], or a PIL image with ``as_pil``."""
-        rows = []
-        root = Path(self.config["dataroot"])
-        size = int(self.config["crop_size"])
-        split = "test" if (root / "testA").is_dir() and (root / "testB").is_dir() else "train"
-        files_a = _native.image_files(str(root / f"{split}A"))[:n]
-        files_b = _native.image_files(str(root / f"{split}B"))[:n]
-        G = self.G
-        with torch.no_grad():
-            for fa, fb in zip(files_a, files_b):
-                a = _native.load_image(str(fa), size).to(self.device)
-                b = _native.load_image(str(fb), size).to(self.device)
-                out = G(torch.cat([a, b]))
-                rows.append(torch.cat([_pad(a[0]), _pad(out[0]), _pad(b[0]), _pad(out[1])], dim=2))
+        rows = [torch.cat([_pad(image) for image in row], dim=2) for row in self._native.sample_rows(n)]
         grid = ((torch.cat(rows, dim=1).cpu() + 1) / 2).clamp(0, 1)
         if not as_pil:
             return grid
@@ -424,26 +403,15 @@ class Trainer:
         return Path(path)
 
 
+def _options_json(options: dict) -> str:
+    """The options as JSON for the native trainer. JSON has no NaN or infinity: such a float
+    is sent as its text, which the trainer refuses, naming the option."""
+    def encode(value):
+        return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+    return json.dumps({key: encode(value) for key, value in options.items()})
+
+
 def _pad(img: torch.Tensor, gap: int = 2) -> torch.Tensor:
     """``img`` (3×H×W in [−1, 1]) with a white border of ``gap`` pixels."""
     return nn.functional.pad(img, (gap, gap, gap, gap), value=1.0)
-
-
-def _projector_view(native, config: dict) -> PatchSampleF:
-    """A PatchSampleF whose MLP parameters are the trainer's own projector tensors."""
-    f = PatchSampleF(mode=config["mode"], nc=int(config["netF_nc"]), local_layout=config["local_layout"],
-                     window=int(config["window"]), qs_slots=config.get("qs_slots"),
-                     per_image_ids=bool(config["per_image_ids"]))
-    state = native.state_dict("F")
-    slots = sorted({int(k.split(".")[0].removeprefix("mlp_")) for k in state})
-    for s in slots:
-        first, second = (torch.nn.utils.skip_init(nn.Linear, *state[f"mlp_{s}.{i}.weight"].shape[::-1]) for i in (0, 2))
-        mlp = nn.Sequential(first, nn.ReLU(), second)
-        for i, layer in ((0, first), (2, second)):
-            for leaf in ("weight", "bias"):
-                t = state[f"mlp_{s}.{i}.{leaf}"]
-                t._is_param = True
-                layer.register_parameter(leaf, t)
-        setattr(f, f"mlp_{s}", mlp)
-    f.mlp_init = True
-    return f

@@ -1,10 +1,8 @@
 //! The unaligned (unpaired) dataset, spec §2: two folders of images, `<root>/<phase>A` and
 //! `<root>/<phase>B`, gathered recursively, filtered by extension and sorted by path.
 use std::collections::HashSet;
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use tch::TchError;
 
@@ -14,33 +12,12 @@ use crate::error::invalid;
 /// all-upper `.jpg .jpeg .png .ppm .bmp .tif .tiff`; we also take mixed case and `.webp`).
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "ppm", "bmp", "tif", "tiff", "webp"];
 
-/// Which folder is the source domain: `AtoB` translates `<phase>A` into `<phase>B`, `BtoA` the
-/// reverse (Cityscapes labels → photos).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    AtoB,
-    BtoA,
-}
-
-impl FromStr for Direction {
-    type Err = TchError;
-    fn from_str(s: &str) -> Result<Self, TchError> {
-        match s {
-            "AtoB" => Ok(Direction::AtoB),
-            "BtoA" => Ok(Direction::BtoA),
-            other => Err(invalid(format!(
-                "direction must be \"AtoB\" or \"BtoA\", got {other:?}"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::AtoB => "AtoB",
-            Direction::BtoA => "BtoA",
-        })
+crate::choice_enum! {
+    /// Which folder is the source domain: `AtoB` translates `<phase>A` into `<phase>B`, `BtoA`
+    /// the reverse (Cityscapes labels → photos).
+    pub enum Direction("direction") {
+        AtoB = "AtoB",
+        BtoA = "BtoA",
     }
 }
 

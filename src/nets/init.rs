@@ -21,26 +21,13 @@ use tch::{nn::VarStore, Kind, TchError, Tensor};
 
 use crate::error::invalid;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum InitType {
-    Normal,
-    Xavier,
-    Kaiming,
-    Orthogonal,
-}
-
-impl std::str::FromStr for InitType {
-    type Err = TchError;
-    fn from_str(s: &str) -> Result<Self, TchError> {
-        match s {
-            "normal" => Ok(InitType::Normal),
-            "xavier" => Ok(InitType::Xavier),
-            "kaiming" => Ok(InitType::Kaiming),
-            "orthogonal" => Ok(InitType::Orthogonal),
-            other => Err(invalid(format!(
-                "init type must be one of 'normal', 'xavier', 'kaiming', 'orthogonal', got '{other}'"
-            ))),
-        }
+crate::choice_enum! {
+    /// The weight initialisation of the convolutions and linear layers.
+    pub enum InitType("init_type") {
+        Normal = "normal",
+        Xavier = "xavier",
+        Kaiming = "kaiming",
+        Orthogonal = "orthogonal",
     }
 }
 

@@ -1,17 +1,18 @@
-//! netF (spec §7): per tapped feature map ("slot" s), pick N rows, project them with the slot's
-//! MLP `Linear(C_s → nc) → ReLU → Linear(nc → nc)` (`mlp_{s}.0`, `mlp_{s}.2`) and L2-normalise
-//! each row, `v / (‖v‖₂ + 1e-7)`.
+//! netF (docs/algorithm.md §7): per tapped feature map ("slot" s), pick N rows, project them
+//! with the slot's MLP `Linear(C_s → nc) → ReLU → Linear(nc → nc)` (`mlp_{s}.0`, `mlp_{s}.2`)
+//! and L2-normalise each row, `v / (‖v‖₂ + 1e-7)`. Python's `qs_attn.nn.PatchSampleF` is this
+//! projector.
 //!
-//! * Random slots (CUT, §7.2): rows at random raster positions, the first `min(N, P)` of a
-//!   random permutation, shared by the batch (reference) or drawn per image; the target call
+//! * Random slots (CUT, docs/algorithm.md §7.2): rows at random raster positions, the first
+//!   `min(N, P)` of a random permutation, shared by the batch (reference) or drawn per image; the target call
 //!   reuses the positions. Slot 0 samples whatever map it gets (the reflection-padded image,
-//!   Q19).
-//! * QS slots (§8): `ops::qs_select` on the source map (per image, lowest attention entropy),
-//!   rows `A_QS · X_src` (keys); the target call routes the translated map with the same
+//!   docs/algorithm.md Q19).
+//! * QS slots (docs/algorithm.md §8): `ops::qs_select` on the source map (per image, lowest
+//!   attention entropy), rows `A_QS · X_src` (keys); the target call routes the translated map with the same
 //!   selection, `A_QS · X_tgt` (queries), or in mode `cross` `softmax(X_src[sel] X_tgtᵀ) X_tgt`.
 //!
-//! The MLPs are built eagerly from the channel list (Q16), so weights load before the first
-//! call; initialise them with `init::init_weights` (§3.1).
+//! The MLPs are built eagerly from the channel list (docs/algorithm.md Q16), so weights load
+//! before the first call; initialise them with `init::init_weights` (docs/algorithm.md §3.1).
 use tch::{nn, Kind, TchError, Tensor};
 
 use super::is_channels_last;
@@ -75,7 +76,37 @@ pub struct Projector {
     cfg: ProjectorConfig,
 }
 
+/// The first slot that uses QS-Attn when none are named: with the reference's five taps, the
+/// last two (docs/algorithm.md Q4).
+pub const FIRST_QS_SLOT: usize = 3;
+
+/// The QS-Attn slots of `num_slots` tapped maps when none are named.
+pub fn default_qs_slots(num_slots: usize) -> Vec<usize> {
+    (FIRST_QS_SLOT..num_slots).collect()
+}
+
 impl Projector {
+    /// A projector whose MLPs are the given tensors (shared, not copied): `state` holds
+    /// `mlp_<s>.0.weight|bias` and `mlp_<s>.2.weight|bias` for every slot when `cfg.use_mlp`.
+    pub fn with_weights(channels: &[i64], state: &[(String, Tensor)], cfg: &ProjectorConfig) -> Result<Self, TchError> {
+        let get = |name: String| -> Result<Tensor, TchError> {
+            state
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| invalid(format!("the projector's state has no '{name}'")))
+        };
+        let linear = |s: usize, i: usize| -> Result<nn::Linear, TchError> {
+            Ok(nn::Linear { ws: get(format!("mlp_{s}.{i}.weight"))?, bs: Some(get(format!("mlp_{s}.{i}.bias"))?) })
+        };
+        let mlps = if cfg.use_mlp {
+            (0..channels.len()).map(|s| Ok(Mlp { first: linear(s, 0)?, second: linear(s, 2)? })).collect::<Result<_, TchError>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(Projector { channels: channels.to_vec(), mlps, cfg: cfg.clone() })
+    }
+
     /// One slot per entry of `channels` (the tapped maps' channel counts, e.g. 3, 128, 256,
     /// 256, 256).
     pub fn new(p: &nn::Path, channels: &[i64], cfg: &ProjectorConfig) -> Self {
@@ -165,7 +196,8 @@ impl Projector {
             let (slot_rows, sample) = match (self.cfg.mode.filter(|_| self.is_qs_slot(s)), ids) {
                 (Some(mode), _) => {
                     // The reference slices the first N of the sorted rows, so P < N takes all P
-                    // rows; its local mode fails instead (Q9), and qs_select rejects N > P there.
+                    // rows; its local mode fails instead (docs/algorithm.md Q9), and qs_select
+                    // rejects N > P there.
                     let n = if mode == QsMode::Local { num_patches } else { num_patches.min(h * w) };
                     let sel = ops::qs_select(feat, n, mode, self.cfg.window, self.cfg.layout, self.cfg.detach_attn)?;
                     (ops::qs_route(feat, &sel)?.f_flatten(0, 1)?, SlotSample::Qs(sel))
@@ -184,8 +216,8 @@ impl Projector {
     /// other (`terms.images` each). Each term's ids are resolved as its own source call would
     /// (`ids[t]` or drawn, in term order), shared ids are repeated per image, and one source and
     /// one target call run on all the images: selection, attention and negatives are per image,
-    /// so every term's rows equal those of its own calls, with half the kernel launches for two
-    /// terms. Returns per term the keys and queries per slot.
+    /// so every term's rows equal those of its own calls. Returns per term the keys and queries
+    /// per slot.
     pub fn keys_and_queries_of_terms(
         &self,
         terms: &StackedTerms,

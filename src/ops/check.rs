@@ -44,11 +44,12 @@ pub fn same_kind(what_a: &str, a: &Tensor, what_b: &str, b: &Tensor) -> Result<(
     Ok(())
 }
 
-/// Only CPU and CUDA tensors are supported (tch reports meta tensors as `Mps`).
+/// Only CPU and CUDA tensors are supported. (tch cannot name the others: it reports a meta
+/// tensor's device as `Mps`, so the message names none.)
 pub fn supported_device(what: &str, t: &Tensor) -> Result<(), TchError> {
     match t.device() {
         Device::Cpu | Device::Cuda(_) => Ok(()),
-        _ => Err(invalid(format!("{what} must be a CPU or CUDA tensor, got device {:?} (meta/MPS/Vulkan are not supported)", t.device()))),
+        _ => Err(invalid(format!("{what} must be a CPU or CUDA tensor, got one on another device (meta, MPS, …)"))),
     }
 }
 

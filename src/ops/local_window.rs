@@ -22,21 +22,11 @@ use super::global_attention::{block_elements, gather_rows, softmax_backward, sof
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
 
-/// How the reference's unfolded windows are read (see the module documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LocalLayout {
-    Geometric,
-    Reference,
-}
-
-impl std::str::FromStr for LocalLayout {
-    type Err = TchError;
-    fn from_str(s: &str) -> Result<Self, TchError> {
-        match s {
-            "geometric" => Ok(LocalLayout::Geometric),
-            "reference" => Ok(LocalLayout::Reference),
-            other => Err(invalid(format!("local_layout must be 'geometric' or 'reference', got '{other}'"))),
-        }
+crate::choice_enum! {
+    /// How the reference's unfolded windows are read (see the module documentation).
+    pub enum LocalLayout("local_layout") {
+        Geometric = "geometric",
+        Reference = "reference",
     }
 }
 

@@ -5,23 +5,13 @@ use super::check;
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};
 use crate::error::invalid;
 
-/// How the per-row losses are reduced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    /// One loss per row, `(B·M,)`, as the reference returns it.
-    None,
-    /// The mean over all rows (a scalar).
-    Mean,
-}
-
-impl std::str::FromStr for Reduction {
-    type Err = TchError;
-    fn from_str(s: &str) -> Result<Self, TchError> {
-        match s {
-            "none" => Ok(Reduction::None),
-            "mean" => Ok(Reduction::Mean),
-            other => Err(invalid(format!("reduction must be 'none' or 'mean', got '{other}'"))),
-        }
+crate::choice_enum! {
+    /// How the per-row losses are reduced.
+    pub enum Reduction("reduction") {
+        /// One loss per row, `(B·M,)`, as the reference returns it.
+        None = "none",
+        /// The mean over all rows (a scalar).
+        Mean = "mean",
     }
 }
 

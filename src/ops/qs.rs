@@ -28,26 +28,13 @@ use super::local_window::{local_attention, local_entropy, route_local, LocalLayo
 use crate::autograd::NoAutocast;
 use crate::error::invalid;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QsMode {
-    Global,
-    Local,
-    LocalGlobal,
-    Cross,
-}
-
-impl std::str::FromStr for QsMode {
-    type Err = TchError;
-    fn from_str(s: &str) -> Result<Self, TchError> {
-        match s {
-            "global" => Ok(QsMode::Global),
-            "local" => Ok(QsMode::Local),
-            "local_global" => Ok(QsMode::LocalGlobal),
-            "cross" => Ok(QsMode::Cross),
-            other => Err(invalid(format!(
-                "QS mode must be one of 'global', 'local', 'local_global', 'cross', got '{other}'"
-            ))),
-        }
+crate::choice_enum! {
+    /// How the queries are selected and routed (the table above).
+    pub enum QsMode("mode") {
+        Global = "global",
+        Local = "local",
+        LocalGlobal = "local_global",
+        Cross = "cross",
     }
 }
 

@@ -1,18 +1,26 @@
-//! The `qs_attn._native` extension: thin pyo3 wrappers over `crate::ops` (here) and over the
-//! trainer, the generator and image I/O (`train.rs`). Tensors cross as
+//! The `qs_attn._native` extension: thin pyo3 wrappers, one file per concept: the ops
+//! (`ops.rs`), the trainer and its schedule (`run.rs`), the built-in networks (`networks.rs`),
+//! checkpoint and image files (`files.rs`), user-written parts inside the Rust loop
+//! (`parts.rs`) and the options' allowed values (`choices.rs`). Tensors cross as
 //! `torch.Tensor` without copies (pyo3-tch), so the custom autograd nodes join the caller's
-//! graph. The GIL is released while an op runs. The documented Python API is in
-//! `python/qs_attn/`.
-use pyo3::exceptions::PyValueError;
+//! graph. The documented Python API is in `python/qs_attn/`.
+//!
+//! Every entry point runs its body in [`guard`]: a Rust panic becomes an ordinary Python
+//! exception, never pyo3's `PanicException` (a `BaseException` that `except Exception` misses).
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3_tch::PyTensor;
-use tch::{Device, TchError};
+use tch::TchError;
 
 use crate::error::message;
-use crate::ops::{self, EntropyOf, LocalLayout, PatchSampler, QsMode, Reduction, Selection};
 
+mod choices;
+mod files;
+mod networks;
+mod ops;
 mod parts;
-mod train;
+mod run;
 
 fn to_py(e: TchError) -> PyErr {
     PyValueError::new_err(message(&e))
@@ -22,140 +30,25 @@ fn parse<T: std::str::FromStr<Err = TchError>>(s: &str) -> PyResult<T> {
     s.parse().map_err(to_py)
 }
 
-#[pyfunction]
-#[pyo3(signature = (feat_q, feat_k, tau, num_images, reduction, detach_keys))]
-fn patch_nce_loss(
-    py: Python<'_>,
-    feat_q: PyTensor,
-    feat_k: PyTensor,
-    tau: f64,
-    num_images: i64,
-    reduction: &str,
-    detach_keys: bool,
-) -> PyResult<PyTensor> {
-    let reduction: Reduction = parse(reduction)?;
-    let (q, k) = (feat_q.0, feat_k.0);
-    py.allow_threads(move || ops::patch_nce_loss(&q, &k, tau, num_images, reduction, detach_keys))
-        .map(PyTensor)
-        .map_err(to_py)
-}
-
-#[pyfunction]
-fn qs_entropy(py: Python<'_>, feat: PyTensor, mode: &str, window: i64, local_layout: &str) -> PyResult<PyTensor> {
-    let of = match mode {
-        "global" => EntropyOf::Global,
-        "local" => EntropyOf::Local(parse(local_layout)?),
-        other => return Err(PyValueError::new_err(format!("mode must be 'global' or 'local', got '{other}'"))),
-    };
-    let feat = feat.0;
-    py.allow_threads(move || ops::qs_entropy(&feat, of, window)).map(PyTensor).map_err(to_py)
-}
-
-/// Returns `(indices, source, local_attn or None, height, width)`.
-#[pyfunction]
-#[allow(clippy::type_complexity)]
-fn qs_select(
-    py: Python<'_>,
-    feat: PyTensor,
-    num_patches: i64,
-    mode: &str,
-    window: i64,
-    local_layout: &str,
-    detach_attn: bool,
-) -> PyResult<(PyTensor, PyTensor, Option<PyTensor>, i64, i64)> {
-    let (mode, layout): (QsMode, LocalLayout) = (parse(mode)?, parse(local_layout)?);
-    let feat = feat.0;
-    let sel = py
-        .allow_threads(move || ops::qs_select(&feat, num_patches, mode, window, layout, detach_attn).map(SendSelection))
-        .map_err(to_py)?
-        .0;
-    Ok((PyTensor(sel.indices), PyTensor(sel.source), sel.local_attn.map(PyTensor), sel.height, sel.width))
-}
-
-/// `Selection` holds tensors, which are `Send`; this wrapper only moves it across `allow_threads`.
-struct SendSelection(Selection);
-
-/// A selection rebuilt from the fields the Python `QSSelection` keeps.
-#[derive(FromPyObject)]
-struct SelectionArgs {
-    indices: PyTensor,
-    source: PyTensor,
-    local_attn: Option<PyTensor>,
-    mode: String,
-    window: i64,
-    local_layout: String,
-    height: i64,
-    width: i64,
-}
-
-impl SelectionArgs {
-    fn into_selection(self) -> PyResult<SendSelection> {
-        Ok(SendSelection(Selection {
-            mode: parse(&self.mode)?,
-            indices: self.indices.0,
-            source: self.source.0,
-            local_attn: self.local_attn.map(|a| a.0),
-            height: self.height,
-            width: self.width,
-            window: self.window,
-            layout: parse(&self.local_layout)?,
-        }))
-    }
-}
-
-/// `selection` is any object with the attributes of `SelectionArgs` (the Python QSSelection).
-#[pyfunction]
-fn qs_route(py: Python<'_>, feat: PyTensor, selection: SelectionArgs) -> PyResult<PyTensor> {
-    let sel = selection.into_selection()?;
-    let feat = feat.0;
-    py.allow_threads(move || ops::qs_route(&feat, &sel.0)).map(PyTensor).map_err(to_py)
-}
-
-#[pyfunction]
-fn qs_cross_route(py: Python<'_>, feat_tgt: PyTensor, selection: SelectionArgs) -> PyResult<PyTensor> {
-    let sel = selection.into_selection()?;
-    let feat = feat_tgt.0;
-    py.allow_threads(move || ops::qs_cross_route(&feat, &sel.0)).map(PyTensor).map_err(to_py)
-}
-
-/// The selection's reduced attention (differentiable).
-#[pyfunction]
-fn qs_attention(py: Python<'_>, selection: SelectionArgs) -> PyResult<PyTensor> {
-    let sel = selection.into_selection()?;
-    py.allow_threads(move || sel.0.attn()).map(PyTensor).map_err(to_py)
-}
-
-/// Seedable generator of random patch ids (spec §7.2), independent of torch's RNG.
-#[pyclass(name = "PatchSampler", module = "qs_attn._native")]
-struct PyPatchSampler(PatchSampler);
-
-#[pymethods]
-impl PyPatchSampler {
-    #[new]
-    fn new(seed: u64) -> Self {
-        PyPatchSampler(PatchSampler::new(seed))
-    }
-    /// `(min(N, P),)` ids shared by the batch, or `(num_images, min(N, P))` when `per_image`
-    /// (int64, on the CPU).
-    #[pyo3(signature = (num_positions, num_patches, num_images=1, per_image=false))]
-    fn sample(&mut self, num_positions: i64, num_patches: i64, num_images: i64, per_image: bool) -> PyResult<PyTensor> {
-        self.0.sample(num_positions, num_patches, num_images, per_image, Device::Cpu).map(PyTensor).map_err(to_py)
-    }
-    #[getter]
-    fn state(&self) -> u64 {
-        self.0.state()
-    }
+/// Runs an entry point's body; a Rust panic in it is raised as `RuntimeError` with the
+/// panic's message.
+fn guard<R>(body: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        let text = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(PyRuntimeError::new_err(format!("qs_attn internal error: {text}")))
+    })
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(patch_nce_loss, m)?)?;
-    m.add_function(wrap_pyfunction!(qs_entropy, m)?)?;
-    m.add_function(wrap_pyfunction!(qs_select, m)?)?;
-    m.add_function(wrap_pyfunction!(qs_route, m)?)?;
-    m.add_function(wrap_pyfunction!(qs_cross_route, m)?)?;
-    m.add_function(wrap_pyfunction!(qs_attention, m)?)?;
-    m.add_class::<PyPatchSampler>()?;
-    train::register(m)?;
+    ops::register(m)?;
+    run::register(m)?;
+    networks::register(m)?;
+    files::register(m)?;
+    choices::register(m)?;
     Ok(())
 }

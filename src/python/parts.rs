@@ -25,8 +25,8 @@ use tch::{TchError, Tensor};
 
 use crate::error::invalid;
 use crate::ops::PatchSampler;
-use crate::train::trainer::GradientSync;
 use crate::train::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, Named, NceLossPart, Network, ProjectorPart};
+use crate::train::trainer::GradientSync;
 
 /// The exception a Python part raised during the current binding call.
 static PENDING: Mutex<Option<PyErr>> = Mutex::new(None);

@@ -50,8 +50,7 @@ impl Adam {
     // t ← t + 1;  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²
     // p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
     // One fused kernel for all parameters (`_fused_adam_`, csrc/optimizer.cpp): the update of
-    // torch.optim.Adam(fused=True), bit for bit equal to its single-tensor form on CPU; on CUDA
-    // it replaces ~10 small kernels per parameter by one launch per optimiser.
+    // torch.optim.Adam(fused=True), bit for bit equal to its single-tensor form on CPU.
     pub fn step(&mut self) -> Result<(), TchError> {
         // the parameters that have a gradient, with it
         let with_grad: Vec<(usize, Tensor)> =

@@ -165,7 +165,7 @@ impl GanLossPart for GanMode {
     }
 }
 
-/// The built-in PatchNCE loss (spec §9): temperature τ, negatives from the same image, keys
+/// The built-in PatchNCE loss (docs/algorithm.md §9): temperature τ, negatives from the same image, keys
 /// detached, mean over the rows.
 pub struct PatchNce {
     pub tau: f64,

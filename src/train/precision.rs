@@ -21,21 +21,11 @@ use torch_sys::C_tensor;
 
 use crate::error::invalid;
 
-/// The trainer's numeric precision for G, D and F.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    Fp32,
-    Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = TchError;
-    fn from_str(s: &str) -> Result<Self, TchError> {
-        match s {
-            "fp32" => Ok(Precision::Fp32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(invalid(format!("precision must be 'fp32' or 'bf16', got '{other}'"))),
-        }
+crate::choice_enum! {
+    /// The trainer's numeric precision for G and D (F and the NCE loss stay float32).
+    pub enum Precision("precision") {
+        Fp32 = "fp32",
+        Bf16 = "bf16",
     }
 }
 

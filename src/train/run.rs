@@ -1,15 +1,18 @@
-//! The schedule of a run: epochs of batches from the loader, one [`Trainer::advance`] per
-//! iteration (the step, then the loss log, sample grids and checkpoints when due), and
-//! [`Trainer::finish`] to close it. [`Trainer::fit`] runs the schedule to its end; Python drives
+//! The schedule of a run: epochs of batches from the loader, one [`Run::advance`] per
+//! iteration (the trainer's step, then the loss log, sample grids and checkpoints when due),
+//! and [`Run::finish`] to close it. [`Run::fit`] runs the schedule to its end; Python drives
 //! `advance` itself so that its callbacks, evaluation and notebooks sit between iterations.
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tch::{Device, TchError, Tensor};
+use tch::TchError;
 
-use super::trainer::{StepLosses, Trainer};
-use crate::data::dataset::{Direction, UnalignedDataset};
+use super::checkpoint;
+use super::samples::SamplePairs;
+use super::step::StepLosses;
+use super::trainer::{GradientSync, Trainer};
+use crate::data::dataset::UnalignedDataset;
 use crate::data::image_io;
 use crate::data::loader::{epoch_batches_from, EpochBatches, LoaderConfig};
 use crate::data::transform::TransformConfig;
@@ -43,72 +46,114 @@ pub struct Summary {
 }
 
 /// The open data and outputs of a run.
-pub(super) struct RunState {
+struct RunState {
     dataset: Arc<UnalignedDataset>,
-    sample_pairs: Vec<(Tensor, Tensor)>,
+    samples: SamplePairs,
     /// The loss log (`None` on a process that does not write).
     log: Option<File>,
     /// The batches of the epoch in progress (`None` between epochs).
     batches: Option<EpochBatches>,
     iters_per_epoch: usize,
     summary: Summary,
+}
+
+/// A trainer driven through its schedule, with the run's data, log and outputs (opened by the
+/// first `advance`).
+pub struct Run {
+    pub trainer: Trainer,
+    state: Option<RunState>,
     /// The losses of the last iteration, kept for the summary.
     last: Option<StepLosses>,
 }
 
-impl Trainer {
+impl Run {
+    pub fn new(trainer: Trainer) -> Self {
+        Run { trainer, state: None, last: None }
+    }
+
     pub fn run_dir(&self) -> PathBuf {
-        Path::new(&self.cfg.checkpoints_dir).join(&self.cfg.name)
+        Path::new(&self.trainer.cfg.checkpoints_dir).join(&self.trainer.cfg.name)
     }
 
     pub fn last_epoch(&self) -> i64 {
-        self.cfg.n_epochs + self.cfg.n_epochs_decay
+        self.trainer.cfg.n_epochs + self.trainer.cfg.n_epochs_decay
     }
 
     /// The loss terms of the last iteration of the schedule.
     pub fn last_losses(&self) -> Option<&StepLosses> {
-        self.run.as_ref().and_then(|r| r.last.as_ref())
+        self.last.as_ref()
     }
 
     /// The schedule is complete (all epochs, or `max_iters` iterations).
     pub fn finished(&self) -> bool {
-        self.epoch > self.last_epoch() || self.cfg.max_iters.is_some_and(|m| self.total_iters >= m)
+        let t = &self.trainer;
+        t.epoch > self.last_epoch() || t.cfg.max_iters.is_some_and(|m| t.total_iters >= m)
+    }
+
+    /// Makes the trainer one process of a data-parallel run (see [`Trainer::distribute`]);
+    /// only before the first iteration.
+    pub fn distribute(&mut self, rank: usize, world_size: usize, sync: Box<dyn GradientSync>) -> Result<(), TchError> {
+        if self.state.is_some() {
+            return Err(invalid("distribute() must be called before the first iteration"));
+        }
+        self.trainer.distribute(rank, world_size, sync)
     }
 
     /// The loader's view of the options (this process's shard in a distributed run).
     fn loader_config(&self) -> LoaderConfig {
+        let cfg = &self.trainer.cfg;
         LoaderConfig {
-            batch_size: self.cfg.batch_size,
-            seed: self.cfg.seed,
-            workers: self.cfg.num_threads.max(1),
+            batch_size: cfg.batch_size,
+            seed: cfg.seed,
+            workers: cfg.num_threads.max(1),
             prefetch: 4,
-            serial_batches: self.cfg.serial_batches,
-            shard: self.shard,
+            serial_batches: cfg.serial_batches,
+            shard: self.trainer.shard,
         }
     }
 
-    fn open_run(&mut self) -> Result<(), TchError> {
-        if self.run.is_some() {
-            return Ok(());
+    fn open(&mut self) -> Result<&mut RunState, TchError> {
+        if self.state.is_none() {
+            let run_dir = self.run_dir();
+            let cfg = &self.trainer.cfg;
+            let root = PathBuf::from(&cfg.dataroot);
+            let dataset = Arc::new(UnalignedDataset::open(&root, "train", cfg.direction)?);
+            let log_path = run_dir.join("loss_log.jsonl");
+            let (log, samples) = if self.trainer.writer {
+                std::fs::create_dir_all(run_dir.join("samples")).map_err(|e| invalid(format!("{}: {e}", run_dir.display())))?;
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .map_err(|e| invalid(format!("{}: {e}", log_path.display())))?;
+                (Some(log), SamplePairs::open(&root, cfg.direction, cfg.num_samples, cfg.crop_size)?)
+            } else {
+                (None, SamplePairs::empty())
+            };
+            let summary = Summary { run_dir, log: log_path, ..Summary::default() };
+            self.state = Some(RunState { dataset, samples, log, batches: None, iters_per_epoch: 0, summary });
         }
-        let run_dir = self.run_dir();
-        let root = PathBuf::from(&self.cfg.dataroot);
-        let direction: Direction = self.cfg.direction.parse()?;
-        let dataset = Arc::new(UnalignedDataset::open(&root, "train", direction)?);
-        let log_path = run_dir.join("loss_log.jsonl");
-        let (log, sample_pairs) = if self.writer {
-            std::fs::create_dir_all(run_dir.join("samples")).map_err(|e| invalid(format!("{}: {e}", run_dir.display())))?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|e| invalid(format!("{}: {e}", log_path.display())))?;
-            (Some(log), sample_images(&root, direction, self.cfg.num_samples, self.cfg.crop_size)?)
-        } else {
-            (None, Vec::new())
-        };
-        let summary = Summary { run_dir, log: log_path, ..Summary::default() };
-        self.run = Some(RunState { dataset, sample_pairs, log, batches: None, iters_per_epoch: 0, summary, last: None });
+        Ok(self.state.as_mut().expect("opened above"))
+    }
+
+    /// Starts the epoch in progress: its learning rate and its batches.
+    fn start_epoch(&mut self) -> Result<(), TchError> {
+        self.trainer.set_lr();
+        let cfg = &self.trainer.cfg;
+        // Decay-phase rule (docs/algorithm.md §2, Q21): no resize jitter after n_epochs.
+        let load_size = if self.trainer.epoch > cfg.n_epochs { cfg.crop_size } else { cfg.load_size };
+        let transform = TransformConfig { load_size, crop_size: cfg.crop_size, flip: !cfg.no_flip };
+        let loader = self.loader_config();
+        let (epoch, epoch_iter, batch_size) = (self.trainer.epoch as u64, self.trainer.epoch_iter, cfg.batch_size);
+        let state = self.open()?;
+        let batches = epoch_batches_from(state.dataset.clone(), transform, &loader, epoch, epoch_iter);
+        if batches.num_batches() == 0 {
+            return Err(invalid(format!(
+                "the training set has fewer images than batch_size = {batch_size} (times the number of processes)"
+            )));
+        }
+        state.iters_per_epoch = batches.num_batches();
+        state.batches = Some(batches);
         Ok(())
     }
 
@@ -119,26 +164,10 @@ impl Trainer {
         if self.finished() {
             return Ok(None);
         }
-        self.open_run()?;
-        if self.run.as_ref().is_some_and(|r| r.batches.is_none()) {
-            self.set_lr();
-            // Decay-phase rule (§2, Q21): no resize jitter after n_epochs.
-            let load_size = if self.epoch > self.cfg.n_epochs { self.cfg.crop_size } else { self.cfg.load_size };
-            let transform = TransformConfig { load_size, crop_size: self.cfg.crop_size, flip: !self.cfg.no_flip };
-            let loader = self.loader_config();
-            let run = self.run.as_mut().expect("opened above");
-            let batches = epoch_batches_from(run.dataset.clone(), transform, &loader, self.epoch as u64, self.epoch_iter);
-            if batches.num_batches() == 0 {
-                return Err(invalid(format!(
-                    "the training set has fewer images than batch_size = {} (times the number of processes)",
-                    self.cfg.batch_size
-                )));
-            }
-            run.iters_per_epoch = batches.num_batches();
-            run.batches = Some(batches);
+        if self.open()?.batches.is_none() {
+            self.start_epoch()?;
         }
-        let run = self.run.as_mut().expect("opened above");
-        let next = run.batches.as_mut().and_then(Iterator::next);
+        let next = self.open()?.batches.as_mut().and_then(Iterator::next);
         let batch = match next {
             Some(batch) => batch?,
             None => {
@@ -147,35 +176,36 @@ impl Trainer {
                 return self.advance();
             }
         };
-        let losses = self.step(&batch.a, &batch.b)?;
-        self.epoch_iter += 1;
-        self.total_iters += 1;
-        let logging = self.total_iters % self.cfg.print_freq.max(1) == 0;
-        let values = logging.then(|| losses.values());
-        let lr = self.cfg.lr * self.cfg.lr_multiplier(self.epoch);
-        let run = self.run.as_mut().expect("opened above");
-        if let (Some(values), Some(log)) = (&values, run.log.as_mut()) {
-            write_log_line(log, self.epoch, self.epoch_iter, self.total_iters, lr, values)?;
-            run.summary.final_losses = values.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let losses = self.trainer.step(&batch.a, &batch.b)?;
+        let t = &mut self.trainer;
+        t.epoch_iter += 1;
+        t.total_iters += 1;
+        let (epoch, epoch_iter, total_iters, lr) = (t.epoch, t.epoch_iter, t.total_iters, t.lr());
+        let (print_freq, display_freq, save_latest_freq) = (t.cfg.print_freq, t.cfg.display_freq, t.cfg.save_latest_freq);
+        let values = (total_iters % print_freq.max(1) == 0).then(|| losses.values());
+        let state = self.open()?;
+        if let (Some(values), Some(log)) = (&values, state.log.as_mut()) {
+            write_log_line(log, epoch, epoch_iter, total_iters, lr, values)?;
+            state.summary.final_losses = values.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         }
-        run.last = Some(losses);
-        let iters_per_epoch = run.iters_per_epoch;
-        if self.total_iters % self.cfg.display_freq.max(1) == 0 {
+        let iters_per_epoch = state.iters_per_epoch;
+        self.last = Some(losses);
+        if total_iters % display_freq.max(1) == 0 {
             self.write_samples()?;
         }
-        if self.total_iters % self.cfg.save_latest_freq.max(1) == 0 {
+        if total_iters % save_latest_freq.max(1) == 0 {
             self.save_latest()?;
         }
         let mut progress = Progress {
-            epoch: self.epoch,
+            epoch,
             last_epoch: self.last_epoch(),
-            epoch_iter: self.epoch_iter,
+            epoch_iter,
             iters_per_epoch,
-            total_iters: self.total_iters,
+            total_iters,
             losses: values,
             epoch_end: false,
         };
-        if self.epoch_iter >= iters_per_epoch {
+        if epoch_iter >= iters_per_epoch {
             self.end_epoch()?;
             progress.epoch_end = true;
         }
@@ -184,13 +214,14 @@ impl Trainer {
 
     /// Closes the epoch in progress: its checkpoint when due, then the next epoch's position.
     fn end_epoch(&mut self) -> Result<(), TchError> {
-        if self.writer && (self.epoch - self.cfg.epoch_count + 1) % self.cfg.save_epoch_freq.max(1) == 0 {
-            self.save(&self.run_dir().join(format!("epoch_{}.safetensors", self.epoch)))?;
+        let t = &self.trainer;
+        if t.writer && (t.epoch - t.cfg.epoch_count + 1) % t.cfg.save_epoch_freq.max(1) == 0 {
+            checkpoint::save(t, &self.run_dir().join(format!("epoch_{}.safetensors", t.epoch)))?;
         }
-        self.epoch += 1;
-        self.epoch_iter = 0;
-        if let Some(run) = self.run.as_mut() {
-            run.batches = None;
+        self.trainer.epoch += 1;
+        self.trainer.epoch_iter = 0;
+        if let Some(state) = self.state.as_mut() {
+            state.batches = None;
         }
         Ok(())
     }
@@ -199,21 +230,21 @@ impl Trainer {
     /// unless one was just written, and the latest checkpoint. Returns the summary; a later
     /// `advance` continues the schedule.
     pub fn finish(&mut self, interrupted: bool) -> Result<Summary, TchError> {
-        self.open_run()?;
-        if self.total_iters % self.cfg.display_freq.max(1) != 0 || self.run.as_ref().is_some_and(|r| r.summary.samples.is_empty()) {
+        let no_grid_yet = self.open()?.summary.samples.is_empty();
+        if self.trainer.total_iters % self.trainer.cfg.display_freq.max(1) != 0 || no_grid_yet {
             self.write_samples()?;
         }
         self.save_latest()?;
-        let total_iters = self.total_iters;
-        let run = self.run.as_mut().expect("opened above");
-        if run.summary.final_losses.is_empty() {
-            if let Some(last) = &run.last {
-                run.summary.final_losses = last.values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let total_iters = self.trainer.total_iters;
+        let state = self.state.as_mut().expect("opened above");
+        if state.summary.final_losses.is_empty() {
+            if let Some(last) = &self.last {
+                state.summary.final_losses = last.values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             }
         }
-        run.summary.total_iters = total_iters;
-        run.summary.interrupted = interrupted;
-        Ok(run.summary.clone())
+        state.summary.total_iters = total_iters;
+        state.summary.interrupted = interrupted;
+        Ok(state.summary.clone())
     }
 
     /// Trains from the current position to the end of the schedule (or `max_iters`, or until
@@ -232,47 +263,28 @@ impl Trainer {
     /// Writes `latest.safetensors` (on the writing process) and returns its path.
     pub fn save_latest(&mut self) -> Result<PathBuf, TchError> {
         let path = self.run_dir().join("latest.safetensors");
-        if self.writer {
-            self.save(&path)?;
-            if let Some(run) = self.run.as_mut() {
-                run.summary.latest_checkpoint = Some(path.clone());
+        if self.trainer.writer {
+            checkpoint::save(&self.trainer, &path)?;
+            if let Some(state) = self.state.as_mut() {
+                state.summary.latest_checkpoint = Some(path.clone());
             }
         }
         Ok(path)
     }
 
-    /// A grid of test translations: per row source | translation | target-domain image |
-    /// identity (on the writing process).
+    /// A grid of test translations (see `samples.rs`), on the writing process.
     fn write_samples(&mut self) -> Result<(), TchError> {
-        let Some(run) = self.run.as_ref().filter(|_| self.writer) else { return Ok(()) };
-        let g = &self.nets.g;
-        let rows = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>, TchError> {
-            run.sample_pairs
-                .iter()
-                .map(|(a, b)| {
-                    let (a, b) = (a.to_device(self.device), b.to_device(self.device));
-                    let out = g.translate(&Tensor::cat(&[&a, &b], 0))?.to_device(Device::Cpu);
-                    Ok(vec![a.get(0).to_device(Device::Cpu), out.get(0), b.get(0).to_device(Device::Cpu), out.get(1)])
-                })
-                .collect()
-        })?;
-        let path = self.run_dir().join("samples").join(format!("iter_{:07}.png", self.total_iters));
-        image_io::save_grid(&rows, &path)?;
-        if let Some(run) = self.run.as_mut() {
-            run.summary.samples.push(path);
+        if !self.trainer.writer {
+            return Ok(());
         }
+        let path = self.run_dir().join("samples").join(format!("iter_{:07}.png", self.trainer.total_iters));
+        self.open()?;
+        let (trainer, state) = (&self.trainer, self.state.as_mut().expect("opened above"));
+        let rows = state.samples.rows(trainer.nets.g.as_ref(), trainer.device)?;
+        image_io::save_grid(&rows, &path)?;
+        state.summary.samples.push(path);
         Ok(())
     }
-}
-
-/// Up to `n` (source, target) pairs from testA/testB (or the training folders), crop-sized;
-/// unreadable files are left out (the loader warns about them).
-fn sample_images(root: &Path, direction: Direction, n: usize, size: u32) -> Result<Vec<(Tensor, Tensor)>, TchError> {
-    let set = UnalignedDataset::open(root, "test", direction).or_else(|_| UnalignedDataset::open(root, "train", direction))?;
-    let readable = |files: &[PathBuf]| -> Vec<Tensor> {
-        files.iter().filter_map(|f| image_io::load_image(f, Some(size)).ok()).take(n).collect()
-    };
-    Ok(readable(&set.a).into_iter().zip(readable(&set.b)).collect())
 }
 
 fn write_log_line(

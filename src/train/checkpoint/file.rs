@@ -1,4 +1,4 @@
-//! Checkpoint files: safetensors with string metadata, written atomically (a temporary file in
+//! The checkpoint file: safetensors with string metadata, written atomically (a temporary file in
 //! the same folder, flushed to disk, then renamed over the target), so an interrupted save
 //! leaves the previous checkpoint intact.
 use std::borrow::Cow;

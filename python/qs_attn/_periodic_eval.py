@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from . import metrics
+from .evaluate import evaluate_generator
+
 
 class TrainingEvaluator:
     """Runs the evaluations of one run (on rank 0 of a distributed run only)."""
@@ -18,8 +21,6 @@ class TrainingEvaluator:
                  max_images: Optional[int] = None, kid_subsets: int = 100):
         if every < 1:
             raise ValueError(f"eval_freq must be a positive number of iterations, got {every}")
-        from . import metrics
-
         metrics.inception_weights_path()  # fails now, with the install command, if the extra is missing
         self.run_dir, self.every, self.data, self.size = run_dir, every, data, size
         self.max_images, self.kid_subsets = max_images, kid_subsets
@@ -40,8 +41,6 @@ class TrainingEvaluator:
 
     def __call__(self, trainer, iteration: int) -> Dict[str, Any]:
         """Scores the trainer's current generator; saves ``best.safetensors`` on a new best."""
-        from .evaluate import evaluate_generator
-
         scores = evaluate_generator(trainer.G, self.data, size=self.size, device=trainer.device,
                                     max_images=self.max_images, kid_subsets=self.kid_subsets,
                                     cache_dir=self.run_dir / "eval_cache")
