@@ -7,7 +7,7 @@ A third row counts the same for our opt-in fast path (bf16 autocast + channels-l
 its calls doing work are its launches; its times on this CPU say nothing about a GPU's.
 
     python benches/diagnostics/dispatch_overhead.py
-    QS_ATTN_BLOCK_ELEMENTS=2097152 python benches/diagnostics/dispatch_overhead.py   # CUDA's old blocks
+    QS_ATTN_BLOCK_ELEMENTS=4194304 python benches/diagnostics/dispatch_overhead.py   # CUDA's blocks
 """
 import json
 import os
