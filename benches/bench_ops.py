@@ -1,5 +1,5 @@
 """Forward+backward time and peak memory of the QS-Attn layers and PatchNCE: qs_attn's Rust ops
-against the plain-PyTorch composition of the spec (the transcription the tests use,
+against the plain-PyTorch composition of docs/algorithm.md (the transcription the tests use,
 tests/python/reference.py), measured side by side in one run.
 
 One "QS step" = what a training iteration does per contrastive term on the two QS-Attn layers

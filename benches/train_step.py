@@ -50,10 +50,10 @@ def make_step(impl: str, mode: str, size: int, batch: int, device: str, num_patc
     g = torch.Generator().manual_seed(1)
     batches = [(torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
                 torch.rand(batch, 3, size, size, generator=g) * 2 - 1) for _ in range(4)]
-    # positions of the taps 0, 4, 8, 12, 16 (spec §6): padded image, full, 1/2, 1/4, 1/4 size
+    # positions of the taps 0, 4, 8, 12, 16 (docs/algorithm.md §6): padded image, full, 1/2, 1/4, 1/4 size
     positions = [(size + 6) ** 2, size * size, (size // 2) ** 2, (size // 4) ** 2, (size // 4) ** 2]
     ids = [rc.draw_patch_ids(positions, opt, generator=torch.Generator().manual_seed(k)) for k in range(8)]
-    # Both sides initialise their networks from seed 0 with the same distributions (§3.1);
+    # Both sides initialise their networks from seed 0 with the same distributions (docs/algorithm.md §3.1);
     # neither builds the other's, so each process holds one set of networks.
     if impl in ("ours", "ours_bf16", "ours_fast"):
         from qs_attn import _native

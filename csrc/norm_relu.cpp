@@ -1,4 +1,4 @@
-// The backward of batch norm's normalisation with respect to its input, which tch does not bind
+// The backward of batch norm's normalisation (its input gradient), which tch does not bind
 // (`at::native_batch_norm_backward`; src/nets/norm_relu.rs holds the maths and the op using it).
 #include <ATen/ATen.h>
 #include <ATen/ops/native_batch_norm_backward.h>

@@ -1,4 +1,5 @@
-//! GAN losses (spec §5) and the WGAN-GP gradient penalty (our extension, Q14).
+//! GAN losses (docs/algorithm.md §5) and the WGAN-GP gradient penalty (our extension,
+//! docs/algorithm.md Q14).
 //!
 //! Real label 1, fake label 0, broadcast to the prediction:
 //!
@@ -38,8 +39,8 @@ pub fn gan_loss(mode: GanMode, pred: &Tensor, target_is_real: bool) -> Result<Te
     }
     let label = if target_is_real { 1.0 } else { 0.0 };
     match mode {
-        // aten's mse_loss, as the reference (nn.MSELoss): its backward is one kernel, where
-        // the written-out (pred − label)² took three; the label is a 0-dim tensor expanded
+        // aten's mse_loss, as the reference (nn.MSELoss): one op with its own backward instead
+        // of the written-out (pred − label)²; the label is a 0-dim tensor expanded
         GanMode::Lsgan => {
             pred.f_mse_loss(&Tensor::f_full([], label, (pred.kind(), pred.device()))?.f_expand_as(pred)?, Reduction::Mean)
         }

@@ -1,5 +1,5 @@
-//! The data pipeline (spec §2, §12.1): dataset folders, decoding, the training transform,
-//! the deterministic threaded loader, and PNG export with the reference's truncation.
+//! The data pipeline (docs/algorithm.md §2, §12.1): dataset folders, decoding, the training
+//! transform, the deterministic threaded loader, and PNG export with the reference's truncation.
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! GAN losses against T7 (spec §5) and the WGAN-GP gradient penalty (our extension, Q14)
-//! against closed forms.
+//! GAN losses against T7 (docs/algorithm.md §5, §15) and the WGAN-GP gradient penalty (our
+//! extension, docs/algorithm.md Q14) against closed forms.
 use qs_attn::losses::{gan_loss, gradient_penalty, GanMode};
 use tch::{Device, Kind, Tensor};
 

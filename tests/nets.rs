@@ -1,6 +1,6 @@
-//! The networks against the spec: parameter counts and shapes (T1), the reference's state-dict
-//! key names, the resampling oracle (T2), initialisation statistics (T13), layer behaviour
-//! against direct tch computations, and the projector's sampling contract.
+//! The networks against docs/algorithm.md §3, §4, §7: parameter counts and shapes (T1), the
+//! reference's state-dict key names, the resampling oracle (T2), initialisation statistics (T13),
+//! layer behaviour against direct tch computations, and the projector's sampling contract.
 use std::collections::BTreeSet;
 
 use qs_attn::nets::{
@@ -403,7 +403,7 @@ fn resampling_matches_t2() {
 }
 
 #[test]
-fn resampling_is_depthwise_and_sizes_follow_the_spec() {
+fn resampling_is_depthwise_with_the_documented_sizes() {
     let vs = nn::VarStore::new(Device::Cpu);
     let (down1, down3) = (Down::new(&(vs.root() / "d1"), 1), Down::new(&(vs.root() / "d3"), 3));
     let (up1, up3) = (Up::new(&(vs.root() / "u1"), 1), Up::new(&(vs.root() / "u3"), 3));

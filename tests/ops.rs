@@ -1,5 +1,6 @@
-//! The ops from pure Rust against plain tch compositions of the spec (autograd for the
-//! reference gradients), in float64, plus spec oracles that need no Python.
+//! The ops from pure Rust against plain tch compositions of their maths (docs/algorithm.md §8,
+//! §9; autograd for the reference gradients), in float64, plus oracles of docs/algorithm.md §15
+//! that need no Python.
 use qs_attn::ops::{self, EntropyOf, LocalLayout, QsMode, Reduction};
 use tch::{Kind, Tensor};
 

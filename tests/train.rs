@@ -1,4 +1,4 @@
-//! Training options and the learning-rate schedule (spec §11.1, §11.3, T12, Q23).
+//! Training options and the learning-rate schedule (docs/algorithm.md §11.1, §11.3, T12, Q23).
 use qs_attn::train::config::TrainConfig;
 use qs_attn::train::options::Mode;
 

@@ -87,10 +87,10 @@ def inception_weights_path() -> Path:
     Raises:
         EvalExtraMissingError: the package or the file is missing.
     """
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    package = importlib.util.find_spec(_PACKAGE)
+    if package is None or not package.submodule_search_locations:
         raise EvalExtraMissingError(f"no module named {_PACKAGE!r}")
-    for folder in spec.submodule_search_locations:
+    for folder in package.submodule_search_locations:
         path = Path(folder) / _WEIGHTS_FILE
         if path.is_file():
             return path

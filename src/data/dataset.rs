@@ -1,5 +1,6 @@
-//! The unaligned (unpaired) dataset, spec §2: two folders of images, `<root>/<phase>A` and
-//! `<root>/<phase>B`, gathered recursively, filtered by extension and sorted by path.
+//! The unaligned (unpaired) dataset (docs/algorithm.md §2): two folders of images,
+//! `<root>/<phase>A` and `<root>/<phase>B`, gathered recursively, filtered by extension and sorted
+//! by path.
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};

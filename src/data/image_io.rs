@@ -1,5 +1,6 @@
 //! Image files in and out: decoding to RGB (shared by the loader), `load_image` for inference,
-//! and PNG export with the reference's conversion (spec §12.1, Q20: truncation, no rounding).
+//! and PNG export with the reference's conversion (docs/algorithm.md §12.1, Q20: truncation, no
+//! rounding).
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -47,7 +48,7 @@ pub fn load_image(path: &Path, size: Option<u32>) -> Result<Tensor, TchError> {
 }
 
 /// The reference's `tensor2im`: first image of a batch (3×H×W or N×3×H×W; one channel is
-/// replicated), clamp to [−1, 1], `(v + 1)/2·255` in f32, truncated to u8 (Q20).
+/// replicated), clamp to [−1, 1], `(v + 1)/2·255` in f32, truncated to u8 (docs/algorithm.md Q20).
 pub fn tensor_to_rgb(t: &Tensor) -> Result<RgbImage, TchError> {
     let t = match t.dim() {
         3 => t.shallow_clone(),

@@ -1,5 +1,6 @@
-//! One epoch of training batches (spec §2's loader: shuffle unless `serial_batches`,
-//! `drop_last`), computed by worker threads ahead of the consumer and yielded in order.
+//! One epoch of training batches (the loader of docs/algorithm.md §2: shuffle unless
+//! `serial_batches`, `drop_last`), computed by worker threads ahead of the consumer and yielded in
+//! order.
 //!
 //! Determinism: every random draw of item `i` comes from `SplitMix64::from_parts([seed, epoch, i])`
 //! and the A order from `SplitMix64::from_parts([seed, epoch])`, so the batches depend on

@@ -1,5 +1,5 @@
-//! The data pipeline (spec §2, §12.1): the unpaired two-folder dataset, the per-image training
-//! transform, a deterministic multi-threaded batch loader, and image I/O for inference.
+//! The data pipeline (docs/algorithm.md §2, §12.1): the unpaired two-folder dataset, the per-image
+//! training transform, a deterministic multi-threaded batch loader, and image I/O for inference.
 //!
 //! - `dataset` — `<root>/<phase>A|B` file lists (recursive, extension filter, sorted).
 //! - `transform` — RGB → bicubic resize → random crop → multiple-of-4 → flip → [-1, 1], with a

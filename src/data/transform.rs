@@ -1,4 +1,5 @@
-//! The per-image training transform (spec §2) and the small RNG that drives its random draws.
+//! The per-image training transform (docs/algorithm.md §2) and the small RNG that drives its random
+//! draws.
 //!
 //! Pipeline, each step a function below:
 //! 1. `to_rgb` — any decoded image → 8-bit RGB (grey replicated, alpha dropped);
@@ -14,7 +15,7 @@ use crate::error::invalid;
 use crate::rng::SplitMix64;
 
 /// Sizes and augmentation of the training transform. The trainer applies the decay-phase rule
-/// (spec §2, Q21) by passing `load_size = crop_size` for epochs `> n_epochs`
+/// (docs/algorithm.md §2, Q21) by passing `load_size = crop_size` for epochs `> n_epochs`
 /// (see `for_epoch`).
 #[derive(Clone, Copy, Debug)]
 pub struct TransformConfig {
@@ -41,8 +42,8 @@ impl TransformConfig {
         Ok(())
     }
 
-    /// The decay-phase rule (Q21): for `epoch > n_epochs` the image is resized straight to
-    /// `crop_size` (no resize/crop jitter; the flip stays).
+    /// The decay-phase rule (docs/algorithm.md Q21): for `epoch > n_epochs` the image is resized
+    /// straight to `crop_size` (no resize/crop jitter; the flip stays).
     pub fn for_epoch(&self, epoch: u64, n_epochs: u64) -> TransformConfig {
         if epoch > n_epochs {
             TransformConfig {

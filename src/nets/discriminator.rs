@@ -1,5 +1,5 @@
-//! The PatchGAN discriminator of CUT (spec §4), anti-aliased, instance norm, LeakyReLU 0.2,
-//! no sigmoid. For `n_layers = 3`, `ndf = 64`, 256² input:
+//! The PatchGAN discriminator of CUT (docs/algorithm.md §4), anti-aliased, instance norm, LeakyReLU
+//! 0.2, no sigmoid. For `n_layers = 3`, `ndf = 64`, 256² input:
 //!
 //! | idx   | element                                   | output        |
 //! |-------|-------------------------------------------|---------------|

@@ -1,5 +1,5 @@
-//! The ResNet generator of CUT (spec §3): one flat sequence whose indices address the NCE taps
-//! and name the variables (`model.{idx}.weight|bias`, `model.{idx}.filt`,
+//! The ResNet generator of CUT (docs/algorithm.md §3): one flat sequence whose indices address the
+//! NCE taps and name the variables (`model.{idx}.weight|bias`, `model.{idx}.filt`,
 //! `model.{idx}.conv_block.{1,5}.weight|bias`).
 //!
 //! Default sequence (anti-aliased, 9 blocks; indices for `ngf = 64`, 256² input):
@@ -121,8 +121,8 @@ impl Generator {
     }
 
     /// The outputs of the sequence elements `layers` (indices, any order, repeats allowed), in
-    /// that order. Runs the sequence only up to the largest requested index (spec §3,
-    /// "encode-only").
+    /// that order. Runs the sequence only up to the largest requested index ("encode-only",
+    /// docs/algorithm.md §3).
     pub fn encode(&self, x: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>, TchError> {
         let Some(&last) = layers.iter().max() else {
             check_images("the generator", x, self.input_nc)?;
@@ -132,7 +132,7 @@ impl Generator {
     }
 
     /// The translation and the taps `layers` of the same pass (what training needs: the taps
-    /// of the real images are the source features of the NCE terms, spec Q11).
+    /// of the real images are the source features of the NCE terms, docs/algorithm.md Q11).
     pub fn forward_with_taps(&self, x: &Tensor, layers: &[usize]) -> Result<(Tensor, Vec<Tensor>), TchError> {
         self.run(x, layers, self.layers.len() - 1)
     }

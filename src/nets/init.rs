@@ -1,4 +1,4 @@
-//! Weight initialisation of the reference (spec §3.1), applied to a whole VarStore:
+//! Weight initialisation of the reference (docs/algorithm.md §3.1), applied to a whole VarStore:
 //! every conv / linear weight (a variable `*.weight` of rank ≥ 2) is redrawn, every `*.bias` is
 //! zeroed, anything else (the resampling filters `*.filt`) is left as it is.
 //!
@@ -31,7 +31,8 @@ crate::choice_enum! {
     }
 }
 
-/// Re-initialises every conv / linear weight of `vs` and zeroes every bias (spec §3.1).
+/// Re-initialises every conv / linear weight of `vs` and zeroes every bias
+/// (docs/algorithm.md §3.1).
 pub fn init_weights(vs: &VarStore, init: InitType, gain: f64) -> Result<(), TchError> {
     if !gain.is_finite() {
         return Err(invalid(format!("init gain must be a finite number, got {gain}")));

@@ -1,7 +1,7 @@
-//! The projector's row normalisation `v / (‖v‖₂ + ε)` (spec: ε added to the norm, not inside
-//! the root) as one autograd node. Written out as aten ops it costs five kernels forward and
-//! twelve backward (the chain rule through square, sum, sqrt, add and div); the node costs three
-//! and six. The projector normalises ten row sets per training iteration.
+//! The projector's row normalisation `v / (‖v‖₂ + ε)` (ε added to the norm, not inside the root,
+//! docs/algorithm.md §1) as one autograd node: written out as aten ops, autograd would chain
+//! through square, sum, sqrt, add and div, and the projector normalises many row sets per
+//! iteration.
 use tch::{TchError, Tensor};
 
 use crate::autograd::{apply, AutogradOp, BackwardContext, ForwardContext};

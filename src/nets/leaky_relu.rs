@@ -3,8 +3,8 @@
 //!
 //! Forward: `y = x` where `x > 0`, `slope · x` elsewhere. Backward (aten's node, which keeps
 //! `x`): `dx = dy` where `x > 0`, `slope · dy` elsewhere, and it is differentiable again.
-//! One kernel each way; `prelu` with a one-element slope tensor, which computes the same, also
-//! fills that tensor and reduces a gradient for it in every backward pass.
+//! Not `prelu` with a one-element slope tensor: it computes the same, but also fills that tensor
+//! and reduces a gradient for it in every backward pass.
 use std::ffi::c_char;
 
 use tch::{TchError, Tensor};

@@ -1,6 +1,6 @@
-//! The networks of CUT / QS-Attn (spec §3, §4, §7) on tch. Variable names equal the reference's
-//! PyTorch `state_dict` keys (`model.{idx}.weight`, `model.{idx}.filt`, `mlp_{s}.0.weight`, …),
-//! so released weights map one to one.
+//! The networks of CUT / QS-Attn (docs/algorithm.md §3, §4, §7) on tch. Variable names equal the
+//! reference's PyTorch `state_dict` keys (`model.{idx}.weight`, `model.{idx}.filt`,
+//! `mlp_{s}.0.weight`, …), so released weights map one to one.
 //!
 //! This file holds the layers the generator and the discriminator share; each network is a flat
 //! sequence of [`Layer`]s whose positions are the reference's module indices.

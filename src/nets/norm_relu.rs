@@ -4,9 +4,7 @@
 //! The output is needed by nothing else wherever a pad follows (in the generator's residual
 //! blocks and in each downsampling step), once the pad keeps no tensor either ([`super::pad`],
 //! [`super::resample`]; aten's pad node would keep this very output). Recomputing the ReLU's
-//! mask from the input in backward drops those tensors (measured with aten's pads: the
-//! training step's CUDA peak at 256², batch 1, went from 2,293 to 2,239 MiB;
-//! docs/benchmarks.md). The values are those of the two ops.
+//! mask from the input in backward drops those tensors. The values are those of the two ops.
 //!
 //! A batch of several channels-last (NHWC) images is normalised image by image, each a
 //! `(1, C, H, W)` view that batch norm reads in place and writes into its slice of one NHWC

@@ -1,5 +1,6 @@
-//! Anti-aliased resampling (spec §3, Zhang 2019 as used by CUT), with fixed binomial filters
-//! stored as non-trainable variables `filt` (saved and loaded with the weights, never updated).
+//! Anti-aliased resampling (docs/algorithm.md §3, Zhang 2019 as used by CUT), with fixed binomial
+//! filters stored as non-trainable variables `filt` (saved and loaded with the weights, never
+//! updated).
 //!
 //! * `Down(c)`: reflection pad 1 → depthwise conv, stride 2, kernel `b bᵀ / 16`, `b = [1,2,1]`;
 //!   output side `⌊(n−1)/2⌋ + 1`.

@@ -1,5 +1,5 @@
-//! Global QS-Attn (spec §8.1): row entropies of softmax(X Xᵀ) computed in row blocks, the
-//! attention rows of the selected queries only, and value routing with them.
+//! Global QS-Attn (docs/algorithm.md §8.1): row entropies of softmax(X Xᵀ) computed in row blocks,
+//! the attention rows of the selected queries only, and value routing with them.
 //!
 //! Shapes: X is `B × P × C` (flattened features, raster order), `sel` is `B × N` (int64),
 //! the reduced attention `A_QS` is `B × N × P`. Nothing here materialises a `P × P` matrix, and
@@ -30,17 +30,15 @@ pub fn block_elements(device: Device) -> i64 {
 }
 
 /// On CUDA a global-attention block holds up to this many query rows (of every image of the
-/// batch), within [`CUDA_GLOBAL_BLOCK_ELEMENTS`]: the entropy pass over 64×64 maps
-/// (P = 4096) of one or two images takes 4 blocks instead of 8 or 16, over 128×128 maps
-/// (512² images) 32 or 64 instead of 128 or 256 (each block is 4 kernel launches, and a
-/// training step is launch-bound on a GPU), for blocks of at most 32 MiB (float32).
+/// batch), within [`CUDA_GLOBAL_BLOCK_ELEMENTS`] (32 MiB of float32): fewer, larger blocks,
+/// because a training step on a GPU is bound by kernel launches.
 const CUDA_GLOBAL_MAX_ROWS: i64 = 1024;
 const CUDA_GLOBAL_BLOCK_ELEMENTS: i64 = 1 << 23;
 
-/// Entropy of each softmax row with the reference's formula (spec §8.1 step 3, Q6):
+/// Entropy of each softmax row with the reference's formula (docs/algorithm.md §8.1 step 3):
 /// `p = softmax(s)`, `H = Σ p·φ(p)` with `φ(p) = −ln p` and `φ(0) = 0`, i.e. `Σ entr(p)` with
 /// `entr(p) = −p·ln p`, `entr(0) = 0`: the terms are the reference's, so the rows of entropy
-/// exactly 0 (the ties of Q5) are the same rows. Two kernels and two buffers per block.
+/// exactly 0 are the same rows (docs/algorithm.md Q5, Q6). Two buffers per block.
 /// `logits` is `… × K`; returns `…`. Consumes its argument to free it early.
 pub fn softmax_entropy(logits: Tensor) -> Tensor {
     let p = logits.softmax(-1, logits.kind());

@@ -1,17 +1,20 @@
-//! Local (windowed) QS-Attn (spec §8.2, §8.3): a `k × k` window around every position, zero
-//! padding `k/2`, padded slots taking part in the softmax with logit 0 (Q10).
+//! Local (windowed) QS-Attn (docs/algorithm.md §8.2, §8.3): a `k × k` window around every
+//! position, zero padding `k/2`, padded slots taking part in the softmax with logit 0
+//! (docs/algorithm.md Q10).
 //!
 //! Window slot `t = (dy + r)·k + (dx + r)`, `r = k/2`, `dy, dx ∈ −r..=r`; `Nb_t(l)` = the feature
 //! vector at `(h + dy, w + dx)` of position `l = h·W + w`, or the zero vector outside the map.
 //! `Nb(l)` is the `k² × C` matrix of these rows ("slot-major").
 //!
 //! Two layouts of what the keys and values are:
-//! * `Geometric` (§8.2): keys and values are the window rows `Nb(l)` themselves.
-//! * `Reference` (§8.3, bit-compatible with the authors' released local models): their unfold
-//!   column is channel-major, `col[c·k² + t] = Nb_t(l)[c]`, and is read back slot-major:
-//!   keys `K̃(l) = col.view(k², C)`, i.e. `K̃ = Nbᵀ` re-read with shape `k² × C`. The gathered
-//!   value columns of the N selected positions, `Gt` (`N × k²C`), are transposed to `k²C × N`
-//!   and re-read row-major as `N × k² × C` (`Ṽ`); routing then uses `Ṽ[n]` for query n.
+//! * `Geometric` (docs/algorithm.md §8.2): keys and values are the window rows `Nb(l)`
+//!   themselves.
+//! * `Reference` (docs/algorithm.md §8.3, bit-compatible with the authors' released local
+//!   models): their unfold column is channel-major, `col[c·k² + t] = Nb_t(l)[c]`, and is read
+//!   back slot-major: keys `K̃(l) = col.view(k², C)`, i.e. `K̃ = Nbᵀ` re-read with shape
+//!   `k² × C`. The gathered value columns of the N selected positions, `Gt` (`N × k²C`), are
+//!   transposed to `k²C × N` and re-read row-major as `N × k² × C` (`Ṽ`); routing then uses
+//!   `Ṽ[n]` for query n.
 //!
 //! Windows are gathered only for the rows that need them (a block of positions in the entropy
 //! pass, the N selected positions otherwise), never for the whole map at once.

@@ -1,5 +1,5 @@
 //! The differentiable ops of QS-Attn and CUT, each a custom autograd node (see `crate::autograd`)
-//! with an analytic backward. Spec: shared/spec/REFERENCE.md §7–§9.
+//! with an analytic backward. The maths: docs/algorithm.md §7–§9.
 pub mod check;
 pub mod global_attention;
 pub mod local_window;

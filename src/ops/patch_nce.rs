@@ -1,4 +1,4 @@
-//! PatchNCE loss (spec §9) with an analytic backward.
+//! PatchNCE loss (docs/algorithm.md §9) with an analytic backward.
 use tch::{Kind, TchError, Tensor};
 
 use super::check;

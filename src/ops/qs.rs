@@ -1,6 +1,6 @@
-//! QS-Attn as used by the method (spec §8): select the query positions once on the source
-//! features, then route the source features (key branch) and the translated features (query
-//! branch) with that selection.
+//! QS-Attn as used by the method (docs/algorithm.md §8): select the query positions once on the
+//! source features, then route the source features (key branch) and the translated features
+//! (query branch) with that selection.
 //!
 //! | mode          | selection entropy            | attention (`attn`)             | routing           |
 //! |---------------|------------------------------|--------------------------------|-------------------|
@@ -13,13 +13,14 @@
 //! the `B × N × P` attention: routing recomputes it in blocks ([`attend_and_route`]), and
 //! [`Selection::attn`] materialises it on request.
 //!
-//! `cross` is an extension of ours, not in the paper's code (spec §8.7): the query branch uses
-//! cross-domain attention of the selected source positions over the translation,
+//! `cross` is an extension of ours, not in the paper's code (docs/algorithm.md §8.7): the query
+//! branch uses cross-domain attention of the selected source positions over the translation,
 //! `softmax(X_src[sel] · X_tgtᵀ) · X_tgt`; when the translation equals the source it equals
 //! `global`.
 //!
-//! Gradients (§8.5): the attention is differentiable (the query branch reaches the source
-//! features through it) unless `detach_attn`; entropies and the sort give integer indices only.
+//! Gradients (docs/algorithm.md §8.5): the attention is differentiable (the query branch reaches
+//! the source features through it) unless `detach_attn`; entropies and the sort give integer
+//! indices only.
 use tch::{TchError, Tensor};
 
 use super::check;

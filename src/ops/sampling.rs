@@ -1,7 +1,7 @@
-//! Random patch positions for the CUT slots (spec §7.2): the first `min(N, P)` entries of a
-//! uniformly random permutation of `0..P`, shared by all images of the batch (the reference,
-//! Q2) or drawn per image. Seedable and independent of torch's global RNG, so a run's patch
-//! positions are reproducible on every device.
+//! Random patch positions for the CUT slots (docs/algorithm.md §7.2): the first `min(N, P)`
+//! entries of a uniformly random permutation of `0..P`, shared by all images of the batch (the
+//! reference, docs/algorithm.md Q2) or drawn per image. Seedable and independent of torch's global
+//! RNG, so a run's patch positions are reproducible on every device.
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::device::to_device_async;

@@ -1,10 +1,11 @@
-"""Plain-PyTorch oracle for the QS-Attn package, transcribed from
-/work/shared/spec/REFERENCE.md (§1, §7, §8, §9, §14).
+"""Plain-PyTorch oracle for the QS-Attn package, transcribed from the
+maths of docs/algorithm.md (its §1, §7, §8, §9, §14; bare section and quirk numbers below refer
+to it).
 
 Everything is materialised (full P×P attention, full unfold); this module is the
 *oracle* for the tests and must not import ``qs_attn``.
 
-Conventions (spec §1):
+Conventions (§1):
   * feature maps are (B, C, H, W); ``flatten`` gives X (B, P, C) with raster index
     l = h*W + w;
   * local window slot t = (dy + r)*k + (dx + r), r = k // 2, zero padding r
@@ -35,7 +36,7 @@ def flatten(feat: Tensor) -> Tensor:
 
 
 def l2norm(v: Tensor) -> Tensor:
-    """v / (‖v‖₂ + 1e-7), row-wise (spec §1)."""
+    """v / (‖v‖₂ + 1e-7), row-wise (§1)."""
     return v / (v.pow(2).sum(-1, keepdim=True).sqrt() + 1e-7)
 
 
@@ -176,7 +177,7 @@ def local_reference_route(A_qs: Tensor, sel: Tensor, feat_y: Tensor, k: int) -> 
 
 
 def local_reference_route_formula(A_qs: Tensor, sel: Tensor, feat_y: Tensor, k: int) -> Tensor:
-    """Same as local_reference_route but written with the spec's index formula
+    """Same as local_reference_route but written with the index formula of §8.3
     Ṽ[b·N + r, t, c] = Gt[b, p, f] with f·N + p = r·k²C + t·C + c (slow loops)."""
     B, C, H, W = feat_y.shape
     N = sel.shape[1]
@@ -311,7 +312,7 @@ def patch_nce(feat_q: Tensor, feat_k: Tensor, tau: float = 0.07, num_images: Opt
 
 
 class PatchSampleF(nn.Module):
-    """Reference patch sampler + projection head (spec §7, authors' structure).
+    """Reference patch sampler + projection head (§7, authors' structure).
 
     modes: "global" | "local" (layout given by ``local_layout``, default "reference" as in
     the authors' code) | "local_global" | "none" (all slots random, CUT).

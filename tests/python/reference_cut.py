@@ -1,12 +1,13 @@
 """Plain-PyTorch oracle for the CUT / QS-Attn networks and ONE training step, transcribed
-from /work/shared/spec/REFERENCE.md (§3, §3.1, §4, §5, §6, §7, §9, §10, §11, §14).
+from docs/algorithm.md (its §3, §3.1, §4, §5, §6, §7, §9, §10, §11, §14; bare section and
+quirk numbers below refer to it).
 
 This module is a *test oracle* for the ``qs_attn`` package: it must not import ``qs_attn``.
 The QS-Attn ops, PatchNCE and the patch sampler come from ``reference.py`` (imported, not
 duplicated).
 
 Module and attribute names are chosen so that ``state_dict()`` keys are those of the
-authors' checkpoints (spec §3 / §4 / §7 and Q22):
+authors' checkpoints (§3 / §4 / §7 and Q22):
 
 * G: ``model.{1,4,8,22,26,30}.weight|bias``, ``model.{7,11,21,25}.filt``,
   ``model.{12..20}.conv_block.{1,5}.weight|bias``;
@@ -22,7 +23,7 @@ One optimisation step (§11.5, flip equivariance off) is available as
   comparison; with optimisers the reference order is followed, so the G loss sees the
   just-updated D.
 
-Deviation from the authors' code, on purpose (spec Q3): PatchNCE splits the rows into images
+Deviation from the authors' code, on purpose (Q3): PatchNCE splits the rows into images
 with the ACTUAL batch of the source images, not with the configured ``batch_size``.
 """
 
@@ -111,7 +112,7 @@ class ResnetBlock(nn.Module):
 
 class ResnetGenerator(nn.Module):
     """ResNet-9-blocks generator with anti-aliased resampling, ONE flat ``self.model`` whose
-    indices are those of spec §3's table (0 reflection pad 3 … 31 tanh for n_blocks = 9)."""
+    indices are those of §3's table (0 reflection pad 3 … 31 tanh for n_blocks = 9)."""
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9):
         super().__init__()

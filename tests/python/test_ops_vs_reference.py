@@ -132,8 +132,9 @@ def test_select_route_vs_reference(dtype, B, shape, config):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp64"])
 @pytest.mark.parametrize("config", CONFIGS, ids=cfg_id)
 def test_query_branch_gradient_to_source(dtype, config):
-    """§8.5: the query branch gives gradient to the source through A_QS (default), and
-    none at all with detach_attn=True (Q7). Target gradients match the oracle both ways."""
+    """docs/algorithm.md §8.5: the query branch gives gradient to the source through A_QS
+    (default), and none at all with detach_attn=True (Q7). Target gradients match the oracle
+    both ways."""
     mode, window, layout = config
     B, C, H, W, N = 2, 4, 5, 6, 7
     src0, tgt0 = make_inputs(B, C, H, W, N, mode, window, layout, dtype, seed=11)

@@ -1,6 +1,6 @@
-"""Spec §15 oracles T3, T4, T5, T6, T8, T9, T10, T11 against qs_attn (T7 = GAN losses:
-not part of this package). Expected numbers are the spec's; identity checks use
-reference.py's geometric neighbours."""
+"""The oracles T3, T4, T5, T6, T8, T9, T10, T11 of docs/algorithm.md §15 against qs_attn (T7 =
+GAN losses: not part of this package). Expected numbers are those of the document; identity
+checks use reference.py's geometric neighbours."""
 
 import math
 
@@ -166,7 +166,7 @@ def test_t8_border_effect(layout):
             nh = sum(1 for d in range(-3, 4) if 0 <= h + d < 8)
             nw = sum(1 for d in range(-3, 4) if 0 <= w + d < 8)
             expected[h * 8 + w] = ref.local_border_entropy(nh * nw)
-    # spec §15 tolerance: 1e-5 relative (atol: the printed digits)
+    # docs/algorithm.md §15 tolerance: 1e-5 relative (atol: the printed digits)
     torch.testing.assert_close(ent, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ent[[0, 7, 56, 63]], torch.full((4,), 3.768608), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ent[3 * 8 + 3], torch.tensor(3.891820), atol=1e-6, rtol=1e-5)
@@ -291,7 +291,7 @@ def test_t11_gradient_flow():
                 "source map must get gradient via A_QS in the query branch"
 
 
-# ----------------------------------------------------------------------------- Q5 / Q6 ties
+# ------------------------------------------------------------ docs/algorithm.md Q5 / Q6 ties
 
 
 @pytest.mark.parametrize("scale", [6.0, 8.0])
@@ -301,9 +301,9 @@ def test_t11_gradient_flow():
                                                 ("local_global", 3, "geometric"),
                                                 ("cross", 7, "geometric")])
 def test_zero_entropy_ties_fp32(scale, mode, window, layout):
-    """Large unscaled features: many rows have entropy exactly 0 in fp32 (Q5). The set of
-    zero rows must be the reference formula's (Q6: no epsilon, φ(0) = 0, no flush of tiny
-    products), and ties go to the lower raster index (stable sort)."""
+    """Large unscaled features: many rows have entropy exactly 0 in fp32 (docs/algorithm.md Q5).
+    The set of zero rows must be the reference formula's (Q6: no epsilon, φ(0) = 0, no flush of
+    tiny products), and ties go to the lower raster index (stable sort)."""
     g = torch.Generator().manual_seed(0)
     f = scale * torch.randn(2, 16, 8, 8, generator=g)
     emode = "global" if mode in ("global", "cross") else "local"

@@ -1,5 +1,5 @@
-"""qs_attn.nn.PatchSampleF vs the reference PatchSampleF (reference.py, spec §7): same MLP
-weights (reference state_dict loaded into ours), generator-like taps but tiny, injected
+"""qs_attn.nn.PatchSampleF vs the reference PatchSampleF (reference.py, docs/algorithm.md §7):
+same MLP weights (reference state_dict loaded into ours), generator-like taps but tiny, injected
 random ids for slots 0–2, source call then target call with the source call's ids/attention.
 Outputs, MLP gradients and feature-map gradients must agree."""
 
@@ -183,7 +183,7 @@ def test_patch_sample_f_random_ids_drawn():
 
 
 def test_patch_sample_f_num_patches_larger_than_random_slot():
-    """Random slots take min(N, P) ids (spec §7.2)."""
+    """Random slots take min(N, P) ids (docs/algorithm.md §7.2)."""
     feats = [0.5 * torch.randn(B, 3, 3, 3), 0.5 * torch.randn(B, 4, 4, 4)]
     ours = qs_attn.nn.PatchSampleF(mode="none", use_mlp=False)
     k, ids, _ = ours(feats, num_patches=12)
@@ -205,7 +205,7 @@ def test_patch_sample_f_lazy_build_and_init():
         assert tuple(sd[f"mlp_{s}.0.weight"].shape) == (nc, c)
         assert tuple(sd[f"mlp_{s}.2.weight"].shape) == (nc, nc)
         assert torch.all(sd[f"mlp_{s}.0.bias"] == 0) and torch.all(sd[f"mlp_{s}.2.bias"] == 0)
-    # Xavier-normal, gain 0.02 (spec §3.1): std = 0.02·sqrt(2/(fan_in+fan_out))
+    # Xavier-normal, gain 0.02 (docs/algorithm.md §3.1): std = 0.02·sqrt(2/(fan_in+fan_out))
     for name, fan_in in (("mlp_2.0.weight", 48), ("mlp_2.2.weight", nc), ("mlp_1.2.weight", nc)):
         w = sd[name]
         expected = 0.02 * (2.0 / (fan_in + nc)) ** 0.5
@@ -217,7 +217,7 @@ def test_patch_sample_f_param_count_default_taps():
     feats = [torch.zeros(1, c, 1, 1) for c in (3, 128, 256, 256, 256)]
     ours = qs_attn.nn.PatchSampleF()
     ours.create_mlp(feats)
-    assert sum(p.numel() for p in ours.parameters()) == 560384  # spec T1
+    assert sum(p.numel() for p in ours.parameters()) == 560384  # docs/algorithm.md T1
 
 
 def test_patch_sample_f_state_dict_roundtrip_from_reference():

@@ -1,6 +1,6 @@
-"""Validates the CUT / QS-Attn network-and-step oracle (reference_cut.py) against the spec's
-own numbers (§3, §3.1, §4, §5, §10, §11.3, §11.5, §15 T1/T2/T7/T12/T13). Does not need
-qs_attn. Sizes are tiny except T1 (default widths, one 256² forward)."""
+"""Validates the CUT / QS-Attn network-and-step oracle (reference_cut.py) against the
+numbers of docs/algorithm.md (§3, §3.1, §4, §5, §10, §11.3, §11.5, §15 T1/T2/T7/T12/T13).
+Does not need qs_attn. Sizes are tiny except T1 (default widths, one 256² forward)."""
 
 import math
 
@@ -106,7 +106,7 @@ def test_t1_shapes_256(default_nets):
     # tap 0 is the reflection-padded input image itself
     torch.testing.assert_close(taps[0], nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"),
                                atol=0, rtol=0)
-    # §6 positions for 256²
+    # docs/algorithm.md §6 positions for 256²
     assert [t.shape[2] * t.shape[3] for t in taps] == [68644, 65536, 16384, 4096, 4096]
 
 
@@ -380,8 +380,8 @@ def test_draw_patch_ids_and_positions():
 
 
 def test_e2e_one_step_global_64():
-    """Spec §15 T1-style tiny end-to-end step: 1×3×64×64, global QS, N = 64 (QS maps 16×16,
-    P = 256 ≥ N), default widths."""
+    """A T1-style (docs/algorithm.md §15) tiny end-to-end step: 1×3×64×64, global QS, N = 64
+    (QS maps 16×16, P = 256 ≥ N), default widths."""
     opt = rc.CUTOptions(num_patches=64)
     G, D, F, x, y, ids_x, ids_y = _setup(opt, seed=1, ngf=64, ndf=64)
     out = rc.one_step(G, D, F, x, y, opt, ids_x, ids_y)
@@ -389,7 +389,7 @@ def test_e2e_one_step_global_64():
         assert out[k].dim() == 0 and bool(torch.isfinite(out[k])), k
     assert float(out["NCE"]) > 0 and float(out["NCE_Y"]) > 0
     assert len(out["NCE_slots"]) == 5 and len(out["NCE_Y_slots"]) == 5
-    # totals (§10, §9 last line)
+    # totals (docs/algorithm.md §10, §9 last line)
     torch.testing.assert_close(out["D"], 0.5 * (out["D_fake"] + out["D_real"]))
     torch.testing.assert_close(out["NCE"], sum(out["NCE_slots"]) / 5)
     torch.testing.assert_close(out["NCE_Y"], sum(out["NCE_Y_slots"]) / 5)
@@ -503,8 +503,8 @@ def test_nce_wiring_matches_manual():
 
 
 def test_nce_batch_is_per_image():
-    """Q3 / §9: with the actual batch, L_NCE on a batch of 2 = mean of the per-image terms
-    (negatives never cross images; random ids shared; QS selection per image)."""
+    """docs/algorithm.md Q3 / §9: with the actual batch, L_NCE on a batch of 2 = mean of the
+    per-image terms (negatives never cross images; random ids shared; QS selection per image)."""
     opt = rc.CUTOptions(num_patches=32)
     G, D, F, x, y, ids_x, _ = _setup(opt, seed=5, size=32, batch=2, dtype=torch.float64)
     with torch.no_grad():

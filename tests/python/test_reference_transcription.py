@@ -1,5 +1,5 @@
-"""Validates the oracle (reference.py) against the spec's own numbers (§15) and index
-formulas (§8.3). Does not need qs_attn."""
+"""Validates the oracle (reference.py) against the numbers (§15) and index formulas (§8.3) of
+docs/algorithm.md. Does not need qs_attn."""
 
 import math
 
@@ -72,7 +72,7 @@ def test_t5_reference(dtype):
     assert torch.isfinite(ent).all()
     if dtype == torch.float32:
         assert ent[0].item() == 0.0
-    # fp32: the spec's reference value; fp64: the exact entropy of softmax(20, 1, -1, 0)
+    # fp32: the authors' float32 value (T5); fp64: the exact entropy of softmax(20, 1, -1, 0)
     e1 = 1.636e-7 if dtype == torch.float32 else ref.exact_entropy([20.0, 1.0, -1.0, 0.0])
     torch.testing.assert_close(ent[1], torch.tensor(e1, dtype=dtype), atol=1e-9, rtol=0)
     torch.testing.assert_close(ent[2:], torch.tensor([0.8323957, 1.3862944], dtype=dtype),
@@ -129,15 +129,15 @@ def test_t8_reference(layout):
             nw = sum(1 for d in range(-3, 4) if 0 <= w + d < 8)
             expected[h * 8 + w] = ref.local_border_entropy(nh * nw)
     torch.testing.assert_close(ent, expected, atol=2e-6, rtol=0)
-    spec_vals = {16: 3.768608, 20: 3.771101, 24: 3.779502, 28: 3.792109, 35: 3.820906,
+    oracle_vals = {16: 3.768608, 20: 3.771101, 24: 3.779502, 28: 3.792109, 35: 3.820906,
                  42: 3.854948, 49: 3.891820}
-    for n, v in spec_vals.items():
+    for n, v in oracle_vals.items():
         assert abs(ref.local_border_entropy(n) - v) < 1e-6
     lowest = torch.sort(ent, stable=True).indices[:4]
     assert set(lowest.tolist()) == {0, 7, 56, 63}
 
 
-# ----------------------------------------------------------------------------- T9 / §8.3
+# ------------------------------------------------------------- T9 / docs/algorithm.md §8.3
 
 
 def test_unfold_layout_is_channel_major():

@@ -1,4 +1,4 @@
-"""qs_attn.sample_patch_ids (spec §7.2, Q2, Q18)."""
+"""qs_attn.sample_patch_ids (docs/algorithm.md §7.2, Q2, Q18)."""
 
 import pytest
 import torch

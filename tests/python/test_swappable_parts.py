@@ -1,10 +1,10 @@
 """User-written PyTorch parts inside the Rust trainer (issue: swappable components).
 
 Per swap point: the trainer with the part replaced by an equivalent plain-PyTorch module or
-callable (the spec transcriptions in reference.py / reference_cut.py, starting from the same
-weights) gives the same losses, step after step, as the trainer with the built-in part, and the
-Python module's parameters are updated by the trainer's optimiser exactly as the built-in
-network's are."""
+callable (the transcriptions of docs/algorithm.md in reference.py / reference_cut.py, starting
+from the same weights) gives the same losses, step after step, as the trainer with the built-in
+part, and the Python module's parameters are updated by the trainer's optimiser exactly as the
+built-in network's are."""
 import copy
 import json
 

@@ -1,6 +1,6 @@
-"""The Rust trainer's training step against the plain-PyTorch transcription of the spec
-(reference_cut.py): same weights, same batch, injected patch ids; every loss term and the
-gradients of G, D and F; then parameters after Adam steps."""
+"""The Rust trainer's training step against the plain-PyTorch transcription of
+docs/algorithm.md §11.5 (reference_cut.py): same weights, same batch, injected patch ids;
+every loss term and the gradients of G, D and F; then parameters after Adam steps."""
 
 import json
 
@@ -45,8 +45,9 @@ def _ids(G, opt, seed):
 def _selection_tie_free(G, opt, real_A, real_B) -> bool:
     """The comparison is only meaningful when the QS selections cannot flip between two
     correct fp32 implementations: consecutive sorted entropies (float32, the reference's
-    formula) among the first N + 1 are either exactly 0 (ties broken by index in both, spec Q5:
-    the rows of entropy exactly 0 are the same in both) or apart by more than 0.1 %."""
+    formula) among the first N + 1 are either exactly 0 (ties broken by index in both,
+    docs/algorithm.md Q5: the rows of entropy exactly 0 are the same in both) or apart by more
+    than 0.1 %."""
     if opt.qs_mode == "none":
         return True
     kind = "global" if opt.qs_mode in ("global", "cross") else "local"
@@ -164,7 +165,7 @@ def test_adam_steps_match_torch_adam():
 
 
 def test_batch_of_two_keeps_negatives_and_selection_per_image():
-    """B = 2 gives the per-image mean of two B = 1 steps for the NCE terms (Q2/Q3)."""
+    """B = 2: the per-image mean of two B = 1 steps for the NCE terms (docs/algorithm.md Q2/Q3)."""
     opt, G, D, F = _models("global")
     trainer = _ours(opt, G, D, F)
     real_A, real_B = _batch(seed=5)

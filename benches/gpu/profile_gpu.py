@@ -1,14 +1,14 @@
 """Where the GPU time goes (run on the GPU machine, see gpu_check.sh); prints tables.
 
-    python benches/profile_gpu.py ops     # the two-layer global QS step at 64²: ours at several
-                                          # block sizes (time, peak memory) vs the composition,
-                                          # kernels per step, the profiler's top kernels, and
-                                          # each step replayed as one CUDA graph
-    python benches/profile_gpu.py train [mode:size:batch]
-                                          # one training iteration (default global:256:1) as
-                                          # train_step.py runs it (ours fp32, ours bf16 +
-                                          # channels-last, the transcription): wall time against
-                                          # the summed kernel time, top kernels
+    python benches/gpu/profile_gpu.py ops     # the two-layer global QS step at 64²: ours at
+                                              # several block sizes (time, peak memory) vs the
+                                              # composition, kernels per step, the profiler's top
+                                              # kernels, and each step replayed as one CUDA graph
+    python benches/gpu/profile_gpu.py train [mode:size:batch]
+                                              # one training iteration (default global:256:1) as
+                                              # train_step.py runs it (ours fp32, ours bf16 +
+                                              # channels-last, the transcription): wall time
+                                              # against the summed kernel time, top kernels
 
 The op block size is read once per process (QS_ATTN_BLOCK_ELEMENTS), so each block size runs
 in its own subprocess.
@@ -22,8 +22,8 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+sys.path.insert(0, os.path.join(HERE, ".."))  # benches/: bench_ops, train_step
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "python"))
 
 
 def _time_ms(step, iters=20, warmup=5) -> float:

@@ -7,7 +7,7 @@ For each loss term and window of iterations it prints the window means; the fast
 "within noise" in a window when its distance from the float32 run is at most the larger of
 the other seed's distance and two standard errors of the float32 window mean.
 
-    python benches/fast_path_curves.py --device cuda --size 256 --iters 400 --out /tmp/curves
+    python benches/diagnostics/fast_path_curves.py --device cuda --size 256 --iters 400 --out /tmp/curves
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ path's are what channels-last costs on top of cuDNN's NHWC convolutions. Counted
 torch.profiler, which sees the ops the Rust trainer dispatches as well (same config, inputs
 and patch ids as train_step.py).
 
-    python benches/layout_copies.py                       # 64², CPU
-    python benches/layout_copies.py --device cuda --size 256
+    python benches/diagnostics/layout_copies.py                       # 64², CPU
+    python benches/diagnostics/layout_copies.py --device cuda --size 256
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))  # benches/, for train_step
 
 from train_step import make_step  # noqa: E402
 

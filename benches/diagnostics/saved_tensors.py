@@ -10,8 +10,8 @@ buffers of backward and cuDNN's workspace. Counted with torch.autograd.graph.sav
 which see every node, Rust ones included: each saved tensor is held by a small object whose
 release (when its node is freed after backward) is counted.
 
-    python benches/saved_tensors.py                                  # 64², 128², 256² (batch 1)
-    python benches/saved_tensors.py --configs global:256:4 none:512:1
+    python benches/diagnostics/saved_tensors.py                       # 64², 128², 256² (batch 1)
+    python benches/diagnostics/saved_tensors.py --configs global:256:4 none:512:1
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, ".."))  # benches/, for train_step
 
 from train_step import make_step  # noqa: E402  (same sides, inputs and ids as the timing bench)
 

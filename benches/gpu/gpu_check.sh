@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The GPU checks, for the lent GPU machine (torch 2.11.0+cu130, Python 3.12, no package
-# registry). Prepare here with `bash benches/prepare_gpu_check.sh`, then run on the device with
-# `bash benches/gpu_check.sh [sections...]` carrying `dist` and `gpu_carry`.
+# registry). Prepare here with `bash benches/gpu/prepare_gpu_check.sh`, then run on the device with
+# `bash benches/gpu/gpu_check.sh [sections...]` carrying `dist` and `gpu_carry`.
 # Sections (default: all, in this order): tests, profile, train, curves, ops.
 #   tests    the CUDA tests: pytest (ops, trainer, fast path, autocast) and the Rust tests
 #   profile  where the time goes: the QS op step at 64² (eager and CUDA-graph replay), a
 #            training iteration at 256² (profile-ops: the op step only; profile-512, not in
 #            the default list: a training iteration at 512²)
 #   train    benches/train_step.py: the issue's configurations, ours vs the transcription,
-#            the bytes held for backward at 256² batch 4 (benches/saved_tensors.py), and the
+#            the bytes held for backward at 256² batch 4 (benches/diagnostics/saved_tensors.py), and the
 #            fast path (bf16 + channels-last) against float32 at 256², batch 1 and 4, and
-#            the copy ops of an iteration of each (benches/layout_copies.py)
-#   curves   benches/fast_path_curves.py: loss curves float32 vs the fast path
+#            the copy ops of an iteration of each (benches/diagnostics/layout_copies.py)
+#   curves   benches/diagnostics/fast_path_curves.py: loss curves float32 vs the fast path
 #   ops      benches/bench_ops.py at 64²
 # Everything printed also goes to $OUT/log.txt; the curves' PNG to $OUT.
 set -uo pipefail
@@ -42,31 +42,31 @@ for section in $sections; do
         ;;
     profile|profile-ops)
         stamp "Profile: QS op step"
-        timeout 150 python3 benches/profile_gpu.py ops
+        timeout 150 python3 benches/gpu/profile_gpu.py ops
         if [ "$section" = profile ]; then
             stamp "Profile: training iteration"
-            timeout 150 python3 benches/profile_gpu.py train
+            timeout 150 python3 benches/gpu/profile_gpu.py train
         fi
         ;;
     profile-512)
         stamp "Profile: training iteration at 512²"
-        timeout 200 python3 benches/profile_gpu.py train global:512:1
+        timeout 200 python3 benches/gpu/profile_gpu.py train global:512:1
         ;;
     train)
         stamp "Training iteration benchmark"
         timeout 300 python3 benches/train_step.py --device cuda --configs none:256:1 global:256:1 local:256:1 \
             local_global:256:1 global:256:4 none:512:1 global:512:1
         stamp "Bytes held for backward (the same as on the CPU?)"
-        timeout 120 python3 benches/saved_tensors.py --device cuda --configs global:256:4
+        timeout 120 python3 benches/diagnostics/saved_tensors.py --device cuda --configs global:256:4
         stamp "Fast path vs float32"
         # batch 1 is bound by kernel launches on an H200, batch 4 by the GPU's arithmetic
         timeout 240 python3 benches/train_step.py --device cuda --configs global:256:1 global:256:4 --fast
         stamp "Copy ops per iteration: float32 vs the fast path"
-        timeout 90 python3 benches/layout_copies.py --device cuda --size 256
+        timeout 90 python3 benches/diagnostics/layout_copies.py --device cuda --size 256
         ;;
     curves)
         stamp "Loss curves: float32 vs the fast path"
-        timeout 200 python3 benches/fast_path_curves.py --device cuda --size 256 --iters 300 --window 100 --out "$OUT"
+        timeout 200 python3 benches/diagnostics/fast_path_curves.py --device cuda --size 256 --iters 300 --window 100 --out "$OUT"
         ;;
     ops)
         stamp "Op benchmark at 64²"

@@ -6,8 +6,8 @@ where the arithmetic is negligible (64², ngf = ndf = 4), which is then the disp
 A third row counts the same for our opt-in fast path (bf16 autocast + channels-last): on a GPU
 its calls doing work are its launches; its times on this CPU say nothing about a GPU's.
 
-    python benches/dispatch_overhead.py        # QS_ATTN_BLOCK_ELEMENTS=2097152 mimics the
-                                               # entropy blocks CUDA used before 389d61c
+    python benches/diagnostics/dispatch_overhead.py
+    QS_ATTN_BLOCK_ELEMENTS=4194304 python benches/diagnostics/dispatch_overhead.py   # CUDA's blocks
 """
 import json
 import os
@@ -18,7 +18,7 @@ import torch
 from torch.profiler import profile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "python"))
 
 import reference_cut as rc  # noqa: E402
 from qs_attn import _native  # noqa: E402

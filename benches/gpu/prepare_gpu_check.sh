@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds what benches/gpu_check.sh needs on the GPU machine: the abi3 wheel (dist/) and the
+# Builds what benches/gpu/gpu_check.sh needs on the GPU machine: the abi3 wheel (dist/) and the
 # Rust test binaries (gpu_carry/). Both folders are git-ignored.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/setup.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/setup.sh"
 rm -rf dist gpu_carry && mkdir -p gpu_carry
 maturin build --release -o dist
 for name in bridge ops; do
