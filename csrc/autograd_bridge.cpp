@@ -23,6 +23,8 @@
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
+#include "torch_compat.h"
+
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -152,7 +154,7 @@ struct RustFunction : public torch::autograd::Function<RustFunction> {
     if (higher_order && !differentiable) {
       // create_graph=True: the gradients computed above carry no graph of their own, so
       // differentiating them again would silently give zero. Give each an Error node instead.
-      auto err = std::make_shared<torch::autograd::Error>(
+      auto err = qs_compat::make_node<torch::autograd::Error>(
           std::string("qs_attn ") + qs_rs_op_name(holder->op) +
               " supports first-order gradients only (its backward is not differentiable)",
           torch::autograd::edge_list{});

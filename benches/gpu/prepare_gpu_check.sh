@@ -3,10 +3,13 @@
 # Rust test binaries (gpu_carry/). Both folders are git-ignored.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/setup.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/release_tree.sh"
 rm -rf dist gpu_carry && mkdir -p gpu_carry
-maturin build --release -o dist
+# the GPU machines run torch 2.11: its wheel, and test binaries linked against its libtorch
+bash scripts/build_wheels.sh 2.11
+release_tree 2.11
 for name in bridge ops; do
-    bin=$(cargo test --release --no-run --message-format=json 2>/dev/null \
+    bin=$(cd "$RELEASE_TREE" && env "${RELEASE_ENV[@]}" cargo test --release --no-run --message-format=json 2>/dev/null \
         | python -c "import json,sys
 for line in sys.stdin:
     m = json.loads(line)

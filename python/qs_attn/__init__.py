@@ -22,7 +22,13 @@ Training and inference (Rust networks and loop)::
 # torch must be imported before the extension: it loads libtorch and registers torch.Tensor.
 import torch  # noqa: F401
 
-from . import _native  # noqa: F401
+# ... and be the release the extension was compiled against (a clear ImportError otherwise).
+from ._version import GIT_COMMIT as __git_commit__, TORCH_VERSION as __torch_version__, __version__
+from ._version import require_built_torch as _require_built_torch
+
+_require_built_torch()
+
+from . import _native  # noqa: F401,E402
 from ._ops import (
     QSSelection,
     patch_nce_loss,
@@ -33,14 +39,12 @@ from ._ops import (
     sample_patch_ids,
 )
 from ._native import PatchSampler
-from . import metrics, nn
+from . import fid, metrics, nn
 from .evaluate import EvaluationReport, evaluate, evaluate_generator
 from .models import Discriminator, Generator, checkpoint_state_dicts, export_pth, import_pth, load_generator, translate
 from .trainer import StepInfo, StopTraining, Trainer
 from .datasets import bundled_dataset
 from .train import TrainResult, plot_losses, resume, train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Discriminator",
@@ -54,6 +58,7 @@ __all__ = [
     "bundled_dataset",
     "evaluate",
     "evaluate_generator",
+    "fid",
     "metrics",
     "checkpoint_state_dicts",
     "export_pth",

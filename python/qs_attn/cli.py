@@ -1,4 +1,4 @@
-"""The ``qs-attn`` command: train, resume, translate, import-pth, export-pth, evaluate.
+"""The ``qs-attn`` command: train, resume, translate, import-pth, export-pth, evaluate, fid.
 
 Options after the subcommand's own are the training options as ``--name value`` pairs with
 the reference's names (``--n_epochs 5 --lambda_NCE 2 --nce_idt false``); values are parsed as
@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 from typing import Dict, List
+
+from . import fid
 
 __all__ = ["main"]
 
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="qs-attn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=qs_attn._version.version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train on a dataset folder (default: the bundled emoji set)")
     p.add_argument("--dataroot", default=None)
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=None,
                    help="resize to size x size (default: the training crop size; 0: native size)")
     p.add_argument("--device", default="cpu")
-    p = sub.add_parser("import-pth", help="make a training checkpoint from reference .pth files")
+    p = sub.add_parser("import-pth", help="make a training checkpoint from reference .pth files; the "
+                                          "run's training options follow (--mode local --ngf 64 ...)")
     p.add_argument("out", help="checkpoint to write (.safetensors)")
     p.add_argument("--G", required=True)
     p.add_argument("--D")
@@ -89,26 +93,30 @@ def main(argv=None) -> int:
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=None)
     p.add_argument("--cache-dir", default=None, help="cache the real images' features on disk here")
+    fid.add_command(sub)
     args, rest = parser.parse_known_args(argv)
     try:
         if args.command == "train":
             return _report(qs_attn.train(args.dataroot, name=args.name, mode=args.mode, **_options(rest)))
         if args.command == "resume":
             return _report(qs_attn.resume(args.checkpoint, **_options(rest)))
+        if args.command == "import-pth":
+            files = {net: path for net, path in (("G", args.G), ("D", args.D), ("F", args.F)) if path}
+            print(f"wrote {qs_attn.import_pth(files, args.out, **_options(rest))}")
+            return 0
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "translate":
             size = "crop" if args.size is None else (args.size or None)
             written = qs_attn.translate(args.generator, args.input, args.output_dir, size=size, device=args.device)
             print(f"wrote {len(written)} images to {args.output_dir}")
-        elif args.command == "import-pth":
-            files = {net: path for net, path in (("G", args.G), ("D", args.D), ("F", args.F)) if path}
-            print(f"wrote {qs_attn.import_pth(files, args.out)}")
         elif args.command == "export-pth":
             for path in qs_attn.export_pth(args.checkpoint, args.out_dir, args.prefix):
                 print(f"wrote {path}")
         elif args.command == "evaluate":
             return _evaluate(args)
+        elif args.command == "fid":
+            return fid.run_command(args)
         return 0
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"qs-attn: error: {e}", file=sys.stderr)

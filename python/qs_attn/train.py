@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
+from ._extras import require
 from .datasets import bundled_dataset
 from .trainer import TrainResult, Trainer
 
@@ -18,7 +19,7 @@ def train(
     name: str = "experiment",
     mode: str = "global",
     *,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     callback: Optional[Callable] = None,
     **options,
 ) -> TrainResult:
@@ -31,7 +32,8 @@ def train(
             ``epoch_<n>.safetensors``, ``loss_log.jsonl``, ``samples/``, ``tensorboard/``).
         mode: ``"global"`` (default), ``"local"``, ``"local_global"``, ``"cross"`` or ``"none"``
             (plain CUT, random patches only).
-        progress: print a progress line (iteration, losses, it/s) on stderr.
+        progress: show progress (iterations, rate, time left, losses) on stderr: ``None`` when
+            stderr is a terminal or a notebook, ``True`` always, ``False`` never.
         callback: called after every iteration with a :class:`qs_attn.StepInfo` (``step``,
             ``epoch``, ``losses``, ``images()``); return ``False`` to stop.
         **options: the reference's option names where they exist — ``n_epochs``,
@@ -56,7 +58,7 @@ def train(
     return trainer.fit()
 
 
-def resume(checkpoint: str, *, progress: bool = True, callback: Optional[Callable] = None, **overrides) -> TrainResult:
+def resume(checkpoint: str, *, progress: Optional[bool] = None, callback: Optional[Callable] = None, **overrides) -> TrainResult:
     """Continues a run from its checkpoint exactly where it stopped (same data order, patch
     ids and optimiser state). ``overrides`` may change e.g. ``n_epochs``, ``max_iters``,
     ``device``; a run trained with supplied networks needs them again (``generator=`` …)."""
@@ -65,14 +67,9 @@ def resume(checkpoint: str, *, progress: bool = True, callback: Optional[Callabl
 
 
 def plot_losses(log: str, out_png: str) -> Path:
-    """Plots the losses of a run's ``loss_log.jsonl`` into a PNG (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_losses needs matplotlib: pip install matplotlib") from e
+    """Plots the losses of a run's ``loss_log.jsonl`` into a PNG (needs the ``plot`` extra)."""
+    require("matplotlib", "plot_losses").use("Agg")
+    import matplotlib.pyplot as plt
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{log} has no logged iterations yet")

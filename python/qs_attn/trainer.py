@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Union
@@ -21,7 +20,10 @@ from torch import nn
 
 from . import _native
 from . import distributed as dist_mod
+from ._extras import require
 from ._periodic_eval import TrainingEvaluator
+from ._progress import ProgressDisplay, wanted
+from ._tensorboard import TensorBoardLog
 from .datasets import bundled_dataset
 from .models import Discriminator, Generator
 from .nn import PatchSampleF
@@ -83,47 +85,6 @@ class StepInfo:
 Callback = Callable[[StepInfo], object]
 
 
-class _ProgressLine:
-    """One self-overwriting status line on stderr, and TensorBoard scalars when available."""
-
-    def __init__(self, enabled: bool, run_dir: Path):
-        self.enabled = enabled
-        self.start = time.perf_counter()
-        self.start_iter: Optional[int] = None
-        self.losses: Dict[str, float] = {}
-        self.writer = None
-        if enabled:
-            try:  # TensorBoard event files when tensorboard is installed
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:
-                self.writer = None
-
-    def update(self, p: dict) -> None:
-        if self.start_iter is None:
-            self.start_iter = p["total_iters"] - 1
-        if p["losses"]:
-            self.losses = p["losses"]
-            if self.writer is not None:
-                for k, v in p["losses"].items():
-                    self.writer.add_scalar(f"loss/{k}", v, p["total_iters"])
-        if self.enabled:
-            rate = (p["total_iters"] - self.start_iter) / max(time.perf_counter() - self.start, 1e-9)
-            shown = " ".join(f"{k} {v:.3f}" for k, v in sorted(self.losses.items()))
-            sys.stderr.write(
-                f"\repoch {p['epoch']}/{p['last_epoch']} iter {p['epoch_iter']}/{p['iters_per_epoch']} "
-                f"(total {p['total_iters']}) | {shown} | {rate:.2f} it/s   "
-            )
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-        if self.writer is not None:
-            self.writer.close()
-
-
 def _parts(generator, discriminator, projector, gan_loss, nce_loss, device: str) -> Dict[str, object]:
     """The user-supplied parts for the native trainer; modules are moved to the device."""
     out: Dict[str, object] = {}
@@ -158,7 +119,8 @@ class Trainer:
         callbacks: called after every iteration with a :class:`StepInfo`; returning ``False``
             or raising :class:`StopTraining` stops training.
         epoch_callbacks: the same, after the last iteration of each epoch.
-        progress: show a progress line on stderr.
+        progress: show progress on stderr (``qs_attn._progress``): ``None`` when stderr is a
+            terminal or a notebook, ``True`` always, ``False`` never.
         distributed: train as one process of a ``torchrun`` launch (see
             :mod:`qs_attn.distributed`): data shards, gradient averaging, rank 0 writes. Default:
             on when ``WORLD_SIZE`` > 1. ``batch_size`` is per process. Callbacks run on every
@@ -179,7 +141,7 @@ class Trainer:
                  generator: Optional[nn.Module] = None, discriminator: Optional[nn.Module] = None,
                  projector: Optional[nn.Module] = None, gan_loss: Optional[Callable] = None,
                  nce_loss: Optional[Callable] = None, callbacks: Iterable[Callback] = (),
-                 epoch_callbacks: Iterable[Callback] = (), progress: bool = True,
+                 epoch_callbacks: Iterable[Callback] = (), progress: Optional[bool] = None,
                  distributed: Optional[bool] = None, dist_timeout: float = 300.0,
                  eval_freq: Optional[int] = None, eval_data: Optional[Union[str, Path]] = None,
                  eval_max_images: Optional[int] = None, **options):
@@ -206,7 +168,7 @@ class Trainer:
                discriminator: Optional[nn.Module] = None, projector: Optional[nn.Module] = None,
                gan_loss: Optional[Callable] = None, nce_loss: Optional[Callable] = None,
                callbacks: Iterable[Callback] = (), epoch_callbacks: Iterable[Callback] = (),
-               progress: bool = True, distributed: Optional[bool] = None, dist_timeout: float = 300.0,
+               progress: Optional[bool] = None, distributed: Optional[bool] = None, dist_timeout: float = 300.0,
                eval_freq: Optional[int] = None, eval_data: Optional[Union[str, Path]] = None,
                eval_max_images: Optional[int] = None, **overrides) -> "Trainer":
         """Continues a run from its checkpoint exactly where it stopped. A run trained with a
@@ -231,7 +193,7 @@ class Trainer:
         if rank_world is not None:
             dist_mod.broadcast_states({net: native.state_dict(net) for net in ("G", "D", "F")})
             native.distribute(self.rank, self.world_size, dist_mod.GradientAverager())
-            progress = progress and self.rank == 0
+        progress = wanted(progress) and self.rank == 0
         self._native = native
         self._parts = parts
         self.config: dict = json.loads(native.config_json)
@@ -344,7 +306,8 @@ class Trainer:
         """Trains ``iterations`` more iterations (default: to the end of the schedule), then
         writes a sample grid and the latest checkpoint. Ctrl-C or :class:`StopTraining` stop
         early, with the checkpoint written."""
-        line = _ProgressLine(self.progress, self.run_dir)
+        line = ProgressDisplay(self.progress, self.config.get("max_iters"))
+        events = TensorBoardLog(self.run_dir if self.rank == 0 else None)
         stopped_by = None
         done = 0
         try:
@@ -354,6 +317,7 @@ class Trainer:
                     break
                 done += 1
                 line.update(p)
+                events.update(p)
         except (KeyboardInterrupt, StopTraining) as e:
             stopped_by = repr(e)
         finally:
@@ -361,6 +325,7 @@ class Trainer:
         if self._eval is not None and stopped_by is None and self.total_iters and not self._eval.evaluated(self.total_iters):
             self._evaluate()  # the last checkpoint is always scored too
         summary = self._native.finish(stopped_by is not None)
+        events.close(summary["samples"])
         if self._eval is not None and self.progress:
             print(f"qs_attn: {self._eval.report()}", file=sys.stderr)
         if stopped_by is not None and self.rank == 0:
@@ -388,13 +353,12 @@ class Trainer:
     def samples(self, n: int = 4, as_pil: bool = False):
         """A grid of test translations (rows: source | translation | target-domain image |
         identity), from the first ``n`` images of testA/testB (or trainA/trainB): a ``3×H×W``
-        tensor in [0, 1], or a PIL image with ``as_pil``."""
+        tensor in [0, 1], or a PIL image with ``as_pil`` (needs the ``plot`` extra)."""
         rows = [torch.cat([_pad(image) for image in row], dim=2) for row in self._native.sample_rows(n)]
         grid = ((torch.cat(rows, dim=1).cpu() + 1) / 2).clamp(0, 1)
         if not as_pil:
             return grid
-        from PIL import Image
-
+        Image = require("PIL.Image", "samples(as_pil=True)")
         return Image.fromarray((grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
 
     def save(self, path: Union[str, Path]) -> Path:
