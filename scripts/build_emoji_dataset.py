@@ -73,10 +73,10 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def download_debs(dest: Path) -> dict[str, Path]:
-    """apt-get download the two packages into dest; return {pkg: .deb path}."""
+def download_debs(dest: Path, packages=(NOTO_PKG, EMOJIONE_PKG)) -> dict[str, Path]:
+    """apt-get download the packages into dest (unless there already); return {pkg: .deb path}."""
     debs = {}
-    for pkg in (NOTO_PKG, EMOJIONE_PKG):
+    for pkg in packages:
         found = sorted(dest.glob(f"{pkg}_*.deb"))
         if not found:
             log(f"apt-get download {pkg}")
