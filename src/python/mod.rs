@@ -11,6 +11,7 @@ use tch::{Device, TchError};
 use crate::error::message;
 use crate::ops::{self, EntropyOf, LocalLayout, PatchSampler, QsMode, Reduction, Selection};
 
+mod augment;
 mod parts;
 mod train;
 
@@ -157,5 +158,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(qs_attention, m)?)?;
     m.add_class::<PyPatchSampler>()?;
     train::register(m)?;
+    augment::register(m)?;
     Ok(())
 }

@@ -247,6 +247,11 @@ impl PyTrainer {
         self.0.save(&path).map_err(step_error)
     }
 
+    /// Exchanges G's weights and their moving average (`ema_decay`); False when off.
+    fn swap_ema(&mut self) -> PyResult<bool> {
+        self.0.swap_ema().map_err(step_error)
+    }
+
     #[getter]
     fn config_json(&self) -> String {
         self.0.cfg.to_json()

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use tch::TchError;
 
+use super::augment::Policy;
 use super::precision::Precision;
 use crate::error::invalid;
 
@@ -82,6 +83,12 @@ pub struct TrainConfig {
     pub save_epoch_freq: i64,
     /// Number of test images in each sample grid.
     pub num_samples: usize,
+    /// DiffAugment policy for D's inputs (our extension, `train::augment`): "" (off, the
+    /// reference) or a comma-separated subset of "color", "translation", "cutout".
+    pub diff_augment: String,
+    /// Decay of the moving average of G's weights (our extension, `train::ema`); 0 = off (the
+    /// reference). When on, samples, evaluations, export and translation use the average.
+    pub ema_decay: f64,
 }
 
 impl Default for TrainConfig {
@@ -137,6 +144,8 @@ impl Default for TrainConfig {
             save_latest_freq: 5000,
             save_epoch_freq: 5,
             num_samples: 4,
+            diff_augment: String::new(),
+            ema_decay: 0.0,
         }
     }
 }
@@ -196,6 +205,12 @@ impl TrainConfig {
             if slots.iter().any(|&s| s >= self.nce_layers.len()) {
                 errors.push(format!("qs_slots {:?} must index nce_layers (length {})", slots, self.nce_layers.len()));
             }
+        }
+        if let Err(e) = Policy::parse(&self.diff_augment) {
+            errors.push(e.to_string());
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            errors.push(format!("ema_decay must be in [0, 1) (0 = off), got {}", self.ema_decay));
         }
         if let Err(e) = self.precision.parse::<Precision>() {
             errors.push(e.to_string());

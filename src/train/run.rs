@@ -241,9 +241,16 @@ impl Trainer {
         Ok(path)
     }
 
-    /// A grid of test translations: per row source | translation | target-domain image |
-    /// identity (on the writing process).
+    /// A grid of test translations (of the averaged G when `ema_decay` is on): per row
+    /// source | translation | target-domain image | identity (on the writing process).
     fn write_samples(&mut self) -> Result<(), TchError> {
+        self.swap_ema()?;
+        let written = self.write_samples_of_current_g();
+        self.swap_ema()?;
+        written
+    }
+
+    fn write_samples_of_current_g(&mut self) -> Result<(), TchError> {
         let Some(run) = self.run.as_ref().filter(|_| self.writer) else { return Ok(()) };
         let g = &self.nets.g;
         let rows = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>, TchError> {

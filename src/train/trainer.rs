@@ -21,6 +21,7 @@ use tch::{nn, Device, Kind, TchError, Tensor};
 use super::adam::Adam;
 use super::checkpoint;
 use super::config::TrainConfig;
+use super::data_efficient::DataEfficient;
 use super::precision::{channels_last, params_to_channels_last, AutocastCacheHold, Bf16Autocast, Precision};
 use super::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, NceLossPart, Owned, PatchNce, ProjectorPart};
 use super::run::RunState;
@@ -251,6 +252,8 @@ pub struct Trainer {
     pub writer: bool,
     /// `(rank, world_size)`: this process's share of the data; `(0, 1)` alone.
     pub(super) shard: (usize, usize),
+    /// DiffAugment and the EMA of G (off by default).
+    pub(super) extras: DataEfficient,
 }
 
 const FORMAT: &str = "qs_attn-checkpoint-1";
@@ -293,7 +296,9 @@ impl Trainer {
         let (opt_g, opt_d) = (adam(nets.g.parameters()?), adam(nets.d.parameters()?));
         // Q25: no projector optimiser when NCE is off.
         let opt_f = if cfg.lambda_nce > 0.0 { Some(adam(nets.f.parameters()?)) } else { None };
+        let extras = DataEfficient::new(&cfg, &nets.g.parameters()?)?;
         Ok(Trainer {
+            extras,
             gan: parts.gan_loss.take().unwrap_or_else(|| Box::new(gan_mode)),
             nce: parts.nce_loss.take().unwrap_or_else(|| Box::new(PatchNce { tau: cfg.nce_t })),
             supplied,
@@ -443,7 +448,7 @@ impl Trainer {
         // pass on both (instance norm is per image).
         self.set_d_requires_grad(true);
         self.opt_d.zero_grad();
-        let pred = self.nets.d.forward(&Tensor::cat(&[&fake_b.detach(), &b], 0))?;
+        let pred = self.nets.d.forward(&self.extras.d_input(&Tensor::cat(&[&fake_b.detach(), &b], 0), true)?)?;
         let d_fake = self.gan.loss(&pred.narrow(0, 0, images), false)?;
         let d_real = self.gan.loss(&pred.narrow(0, images, images), true)?;
         let mut d = (&d_fake + &d_real) * 0.5;
@@ -469,7 +474,7 @@ impl Trainer {
             opt.zero_grad();
         }
         let forward_scope = autocast();
-        let g_gan = self.gan.loss(&self.nets.d.forward(&fake_b)?, true)? * self.cfg.lambda_gan;
+        let g_gan = self.gan.loss(&self.nets.d.forward(&self.extras.d_input(&fake_b, false)?)?, true)? * self.cfg.lambda_gan;
         // E(G(x)) and E(G(y)) in one encoder pass over the whole translation, unflipped back
         // to the sources' orientation.
         let (nce, nce_y) = match &source_feats {
@@ -500,6 +505,7 @@ impl Trainer {
         if update {
             self.sync_gradients("G", &self.opt_g)?;
             self.opt_g.step()?;
+            self.extras.after_g_step(&self.nets.g.parameters()?)?;
             if let Some(opt) = self.opt_f.as_ref() {
                 self.sync_gradients("F", opt)?;
             }
@@ -549,6 +555,7 @@ impl Trainer {
                 meta.insert(format!("{prefix}.step"), step.to_string());
             }
         }
+        self.extras.save(&mut tensors, &mut meta);
         checkpoint::save(path, &tensors, meta)
     }
 
@@ -616,6 +623,8 @@ impl Trainer {
         trainer.total_iters = num("total_iters")?;
         trainer.sampler = PatchSampler::new(num("sampler_state")?);
         trainer.coins = SplitMix64::new(num("coins_state")?);
+        let g_params = trainer.nets.g.parameters()?;
+        trainer.extras.load(&tensors, &meta, &g_params)?;
         Ok(trainer)
     }
 }
