@@ -32,8 +32,6 @@ output. Existing output folders are replaced.
 from __future__ import annotations
 
 import argparse
-import random
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,9 +41,9 @@ from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_emoji_dataset import (  # noqa: E402  (the shared rendering and PNG writing)
-    ALPHA_THRESHOLD, NOTO_FONT_GLOB, NOTO_PKG, NOTO_STRIKE, SPLITS, deb_version, dir_size,
-    distro_name, download_debs, extract, flatten_and_frame, log, one, render_noto, write_png,
+from build_emoji_dataset import (  # noqa: E402  (the shared rendering, splitting and writing)
+    ALPHA_THRESHOLD, NOTO_FONT_GLOB, NOTO_PKG, NOTO_STRIKE, copy_licences, deb_version, distro_name,
+    download_debs, extract, flatten_and_frame, log, one, render_noto, write_licenses_md, write_splits,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,33 +194,10 @@ def main() -> None:
             pairs[f"{cp:x}"] = (a, b)
         log(f"candidates: {len(candidates)}, empty in one font (skipped): {len(empty)} {empty}")
 
-        names = sorted(pairs, key=lambda n: int(n, 16))
-        random.Random(args.seed).shuffle(names)
-        n_test = max(args.min_test, round(args.test_frac * len(names)))
-        if n_test >= len(names):
-            sys.exit(f"only {len(names)} pairs, cannot hold out {n_test}")
-        split = {"test": sorted(names[:n_test]), "train": sorted(names[n_test:])}
-
         out = args.out
-        out.mkdir(parents=True, exist_ok=True)
-        for sub in SPLITS + ("licenses",):
-            if (out / sub).exists():
-                shutil.rmtree(out / sub)
-        for part, part_names in split.items():
-            for dom, idx in (("A", 0), ("B", 1)):
-                d = out / f"{part}{dom}"
-                d.mkdir()
-                for n in part_names:
-                    write_png(pairs[n][idx], d / f"{n}.png")
-
-        lic = out / "licenses"
-        lic.mkdir()
-        for pkg in (NOTO_PKG, SYMBOLA_PKG):
-            shutil.copyfile(root / "usr/share/doc" / pkg / "copyright", lic / f"{pkg}.copyright")
-        apache = Path("/usr/share/common-licenses/Apache-2.0")
-        if not apache.is_file():
-            sys.exit(f"{apache} not found (Debian base-files); needed for the Apache-2.0 text")
-        shutil.copyfile(apache, lic / "Apache-2.0.txt")
+        split = write_splits(pairs, out, args.seed, args.test_frac, args.min_test)
+        names, n_test = split["test"] + split["train"], len(split["test"])
+        copy_licences(out / "licenses", {pkg: root / "usr/share/doc" / pkg / "copyright" for pkg in (NOTO_PKG, SYMBOLA_PKG)})
 
         fields = dict(
             distro=distro_name(), pillow=PIL.__version__, n_train=len(split["train"]), n_test=n_test,
@@ -232,14 +207,7 @@ def main() -> None:
             inner=args.size - 2 * args.margin, size=args.size, margin=args.margin, seed=args.seed,
             test_frac=args.test_frac, min_test=args.min_test,
         )
-        lic_md = out / "LICENSES.md"
-        total = 0
-        for _ in range(5):  # the file's own size enters the total: iterate until stable
-            lic_md.write_text(LICENSES_TEMPLATE.format(total_bytes=total, **fields))
-            new_total = dir_size(out)
-            if new_total == total:
-                break
-            total = new_total
+        total = write_licenses_md(out, LICENSES_TEMPLATE, fields)
 
     log(f"wrote {out}: {len(names)} pairs (train {len(split['train'])}, test {n_test}), "
         f"{total} bytes ({total / 2**20:.2f} MiB); "
