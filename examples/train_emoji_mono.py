@@ -60,11 +60,11 @@ def main() -> None:
     args = p.parse_args()
     data = qs_attn.bundled_dataset("emoji_mono")
     iters_per_epoch = len(list((data / "trainA").glob("*.png")))
-    total = max(2, int(4 * iters_per_epoch * args.epochs_scale))
+    total = max(2, int(3 * iters_per_epoch * args.epochs_scale))
     start = time.perf_counter()
     result = qs_attn.train(
         name="emoji_mono_qs_global", dataroot=str(data), checkpoints_dir=args.checkpoints_dir, device=args.device,
-        n_epochs=3, n_epochs_decay=1, max_iters=total,
+        n_epochs=2, n_epochs_decay=1, max_iters=total,
         print_freq=min(50, total), display_freq=500, save_latest_freq=1000, save_epoch_freq=100, **RECIPE,
     )
     minutes = (time.perf_counter() - start) / 60
