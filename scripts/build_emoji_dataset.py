@@ -351,9 +351,10 @@ warranties (CC BY-SA 4.0, Section 5).
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+def parse_arguments(description: str, default_out: Path) -> argparse.Namespace:
+    """The command line of both dataset builders."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, default=default_out)
     ap.add_argument("--deb-dir", type=Path, default=None,
                     help="directory holding (or to receive) the two .deb files; "
                          "default: a temporary directory")
@@ -362,7 +363,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-frac", type=float, default=0.1)
     ap.add_argument("--min-test", type=int, default=100)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments(__doc__.split("\n\n")[0], DEFAULT_OUT)
 
     with tempfile.TemporaryDirectory(prefix="emoji_dataset_") as tmp:
         tmp = Path(tmp)

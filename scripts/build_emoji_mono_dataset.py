@@ -31,7 +31,6 @@ output. Existing output folders are replaced.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +42,8 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_emoji_dataset import (  # noqa: E402  (the shared rendering, splitting and writing)
     ALPHA_THRESHOLD, NOTO_FONT_GLOB, NOTO_PKG, NOTO_STRIKE, copy_licences, deb_version, distro_name,
-    download_debs, extract, flatten_and_frame, log, one, render_noto, write_licenses_md, write_splits,
+    download_debs, extract, flatten_and_frame, log, one, parse_arguments, render_noto, write_licenses_md,
+    write_splits,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,16 +158,7 @@ redistributed under those terms, with credit to George Douros.
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--deb-dir", type=Path, default=None,
-                    help="directory holding (or to receive) the two .deb files; default: a temporary directory")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--margin", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--test-frac", type=float, default=0.1)
-    ap.add_argument("--min-test", type=int, default=100)
-    args = ap.parse_args()
+    args = parse_arguments(__doc__.split("\n\n")[0], DEFAULT_OUT)
 
     with tempfile.TemporaryDirectory(prefix="emoji_mono_dataset_") as tmp:
         tmp = Path(tmp)
