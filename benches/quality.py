@@ -1,25 +1,44 @@
-"""Quality comparison on the bundled emoji set at its native size (64×64): CUT (random patches,
-mode "none") and QS-Attn "global", "local" and "cross", with the same seed, data, networks and
-number of iterations, each evaluated during training (FID, KID, L1/SSIM against the paired
-test split) with best and last checkpoints kept. Runs two trainings at a time, one thread each.
+"""Multi-seed quality study on a bundled benchmark (default: the colour -> monochrome emoji set):
+CUT (random patches, mode "none") and QS-Attn "global", "local" and "cross", each with the
+reference's training ("plain") and with the data-efficient options ("de": DiffAugment of D's
+inputs and the EMA of G, as in the main job), over several seeds, all at one budget of
+iterations. Every run is evaluated during training (FID, KID against testB; L1/SSIM against the
+true counterparts) with best and last checkpoints; the identity and real-vs-real baselines are
+computed here too, with the same protocol. Runs `--parallel` trainings at a time, one thread each.
 
-    python benches/quality.py --out runs/quality          # 2,931 iterations each: ~70 min on 2 CPU cores
-    python benches/quality.py --report runs/quality       # the markdown table of a finished run
-    python benches/quality.py --grid runs/quality docs/results/quality_grid.png
+    python benches/quality.py --out runs/study                         # train what is missing, then report
+    python benches/quality.py --out runs/study --report                # the tables of what has finished
+    python benches/quality.py --out runs/study --docs docs/results.md  # results.md, figure and grid from the output
 
-The table and the sample grids go into docs/results.md by hand (the numbers are this machine's).
+Defaults: 4 methods x 2 recipes x 3 seeds = 24 runs of 3,078 iterations (the main job's
+budget: 3 epochs of the 1,026 training pairs, the last with linear lr decay).
+`--iters`, `--methods`, `--recipes` and `--seeds` shrink the study; the report says what ran.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-MODES = ("none", "global", "local", "cross")
+METHODS = ("none", "global", "local", "cross")
+RECIPES = {
+    "plain": {},
+    "de": {"diff_augment": "translation,cutout", "ema_decay": 0.999},
+}
+# the main job's network and schedule (examples/train_emoji_mono.py)
+BASE = dict(crop_size=64, load_size=72, ngf=32, ndf=32, num_patches=64, n_epochs=2, n_epochs_decay=1)
+METRICS = (("fid", "FID ↓", 1.0, 1), ("kid_mean", "KID ×100 ↓", 100.0, 2), ("l1", "L1 ↓", 1.0, 4), ("ssim", "SSIM ↑", 1.0, 4))
+LABEL = {"none": "CUT", "global": "QS global", "local": "QS local", "cross": "QS cross"}
+
+
+def run_name(method: str, recipe: str, seed: int) -> str:
+    return f"{method}_{recipe}_s{seed}"
 
 
 def train_one(args) -> None:
@@ -28,93 +47,240 @@ def train_one(args) -> None:
     import qs_attn
 
     torch.set_num_threads(1)
+    data = qs_attn.bundled_dataset(args.data)
     start = time.perf_counter()
-    result = qs_attn.train(None, args.mode, args.mode, checkpoints_dir=args.out, seed=args.seed,
-                           n_epochs=args.n_epochs, n_epochs_decay=args.n_epochs_decay, crop_size=64, load_size=64,
-                           num_patches=256, num_threads=1, print_freq=100, display_freq=977, save_epoch_freq=100,
-                           eval_freq=args.eval_freq, progress=False)
-    summary = {"mode": args.mode, "iterations": result.total_iters, "seconds": time.perf_counter() - start,
-               "best": result.best, "last": result.evaluations[-1], "evaluations": result.evaluations,
-               "samples": str(result.samples[-1])}
-    (Path(args.out) / args.mode / "summary.json").write_text(json.dumps(summary, indent=1))
+    name = run_name(args.method, args.recipe, args.seed)
+    result = qs_attn.train(name=name, dataroot=str(data), checkpoints_dir=args.out, mode=args.method, seed=args.seed,
+                           max_iters=args.iters, num_threads=1, print_freq=100, display_freq=10**9,
+                           save_epoch_freq=100, save_latest_freq=10**9, eval_freq=args.eval_freq, progress=False,
+                           **BASE, **RECIPES[args.recipe])
+    summary = {"method": args.method, "recipe": args.recipe, "seed": args.seed, "iterations": result.total_iters,
+               "seconds": time.perf_counter() - start, "best": result.best, "last": result.evaluations[-1],
+               "evaluations": result.evaluations}
+    (Path(args.out) / name / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def baselines(out: Path, data_name: str) -> dict:
+    path = out / "baselines.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import qs_attn
+    from qs_attn.baselines import identity_scores, real_vs_real_scores
+
+    data = qs_attn.bundled_dataset(data_name)
+    cache = out / "eval_cache"
+    result = {"identity": identity_scores(data, cache_dir=cache), "real_vs_real": real_vs_real_scores(data, cache_dir=cache)}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summaries(out: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))]
+
+
+def welch_p(a: list, b: list) -> float:
+    """Two-sided p-value of Welch's t-test (the t distribution's tail by numerical integration)."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return 0.0 if statistics.fmean(a) != statistics.fmean(b) else 1.0
+    t = abs(statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    pdf = lambda x: math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) * (1 + x * x / df) ** (-(df + 1) / 2)
+    steps = 4000  # Simpson on [0, t]: P(|T| > t) = 1 − 2∫₀ᵗ pdf
+    h = t / steps
+    area = pdf(0) + pdf(t) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, steps))
+    return max(0.0, 1.0 - 2.0 * area * h / 3.0)
+
+
+def groups(rows: list) -> dict:
+    out = {}
+    for s in rows:
+        out.setdefault((s["method"], s["recipe"]), []).append(s)
+    return out
+
+
+def fmt(values: list, scale: float, digits: int) -> str:
+    values = [v * scale for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def report(out: Path) -> str:
-    rows = ["| method | iterations | train time | checkpoint | iteration | FID ↓ | KID ×100 ↓ | L1 ↓ | SSIM ↑ |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for mode in MODES:
-        path = out / mode / "summary.json"
-        if not path.exists():
-            continue
-        s = json.loads(path.read_text())
-        label = "CUT (random)" if mode == "none" else f"QS-Attn {mode}"
+    rows = summaries(out)
+    base = json.loads((out / "baselines.json").read_text()) if (out / "baselines.json").exists() else None
+    if not rows and not base:
+        return "no finished runs and no baselines yet"
+    by = groups(rows)
+    lines = ["| method | recipe | seeds | iterations | minutes / run | checkpoint | " + " | ".join(m[1] for m in METRICS) + " |",
+             "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
+    for (method, recipe), runs in sorted(by.items(), key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1])):
         for which in ("best", "last"):
-            e = s[which]
-            rows.append(f"| {label} | {s['iterations']} | {s['seconds'] / 60:.0f} min | {which} | {e['iter']} | "
-                        f"{e['fid']:.2f} | {100 * e['kid_mean']:.2f} ± {100 * e['kid_std']:.2f} | {e['l1']:.4f} | "
-                        f"{e['ssim']:.4f} |")
-    return "\n".join(rows)
+            cells = [fmt([r[which][k] for r in runs], sc, d) for k, _, sc, d in METRICS]
+            lines.append(f"| {LABEL[method]} | {recipe} | {len(runs)} | {runs[0]['iterations']} | "
+                         f"{statistics.fmean(r['seconds'] for r in runs) / 60:.0f} | {which} | " + " | ".join(cells) + " |")
+    if base:
+        i, r = base["identity"], base["real_vs_real"]
+        lines.append(f"| identity (untranslated A) | - | - | - | - | - | {i['fid']:.1f} | {100 * i['kid_mean']:.2f} | "
+                     f"{i['l1']:.4f} | {i['ssim']:.4f} |")
+        lines.append(f"| real vs real ({r['draws']} draws of trainB) | - | - | - | - | - | {r['fid']:.1f} ± {r['fid_std']:.1f} | "
+                     f"{100 * r['kid_mean']:.2f} ± {100 * r['kid_std']:.2f} | - | - |")
+    lines += ["", "Welch's t-test on the last checkpoints (two-sided p; n = seeds per cell):", "",
+              "| comparison | " + " | ".join(m[1] for m in METRICS) + " |", "| --- | " + " | ".join("---" for _ in METRICS) + " |"]
+    pairs = []
+    for recipe in RECIPES:
+        pairs += [((m, recipe), ("none", recipe)) for m in METHODS[1:]]
+    pairs += [((m, "de"), (m, "plain")) for m in METHODS]
+    for x, y in pairs:
+        if x in by and y in by:
+            ps = [welch_p([r["last"][k] for r in by[x]], [r["last"][k] for r in by[y]]) for k, *_ in METRICS]
+            lines.append(f"| {LABEL[x[0]]} {x[1]} vs {LABEL[y[0]]} {y[1]} | " + " | ".join(f"{p:.3f}" for p in ps) + " |")
+    if base:
+        lines += ["", "Last checkpoint vs the untranslated input, KID ×100 (margin = identity − mean; goal: margin > 2 std of the seeds):", ""]
+        for (method, recipe), runs in sorted(by.items()):
+            kids = [100 * r["last"]["kid_mean"] for r in runs]
+            sd = statistics.stdev(kids) if len(kids) > 1 else float("nan")
+            margin = 100 * base["identity"]["kid_mean"] - statistics.fmean(kids)
+            ssim_gap = statistics.fmean(r["last"]["ssim"] for r in runs) - base["identity"]["ssim"]
+            lines.append(f"- {LABEL[method]} {recipe}: margin {margin:.2f}, 2 std {2 * sd:.2f} "
+                         f"({'met' if margin > 2 * sd else 'not met'}); SSIM − identity's {ssim_gap:+.4f} "
+                         f"({'met' if ssim_gap >= -0.02 else 'not met'})")
+    return "\n".join(lines)
 
 
-def grid(out: Path, target: Path, n: int = 6) -> None:
-    """Rows: the first ``n`` test emoji; columns: source | each method's last checkpoint |
-    ground truth."""
+def figure(out: Path, png: Path) -> None:
+    """Bars: mean ± std over seeds of the last checkpoints' KID and SSIM per cell, with the
+    identity and real-vs-real levels as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = groups(summaries(out))
+    base = json.loads((out / "baselines.json").read_text())
+    keys = sorted(by, key=lambda k: (METHODS.index(k[0]), k[1]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (metric, title, scale) in zip(axes, (("kid_mean", "KID ×100 (lower is better)", 100.0), ("ssim", "SSIM to the true drawing (higher is better)", 1.0))):
+        vals = [[scale * r["last"][metric] for r in by[k]] for k in keys]
+        means = [statistics.fmean(v) for v in vals]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+        ax.bar(range(len(keys)), means, yerr=stds, capsize=4, color=["#888" if k[1] == "plain" else "#2a7" for k in keys])
+        ax.axhline(scale * base["identity"][metric], color="r", ls="--", label="identity (untranslated)")
+        if metric == "kid_mean":
+            ax.axhline(scale * base["real_vs_real"]["kid_mean"], color="b", ls=":", label="real vs real")
+        ax.set_xticks(range(len(keys)), [f"{LABEL[m]}\n{r}" for m, r in keys], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def grid(out: Path, png: Path, data_name: str, n: int = 6) -> list:
+    """Rows: the first ``n`` test images; columns: source | the last checkpoint of each cell's
+    first seed | ground truth. Returns the column labels."""
     import torch
 
     import qs_attn
     from qs_attn import _native
 
-    data = qs_attn.bundled_dataset()
+    data = qs_attn.bundled_dataset(data_name)
+    by = groups(summaries(out))
+    keys = sorted(by, key=lambda k: (METHODS.index(k[0]), k[1]))
+    gens = [qs_attn.load_generator(out / run_name(m, r, min(s["seed"] for s in by[(m, r)])) / "latest.safetensors") for m, r in keys]
     names = sorted(p.name for p in (data / "testA").iterdir())[:n]
-    generators = [qs_attn.load_generator(out / mode / "latest.safetensors") for mode in MODES]
     rows = []
     with torch.no_grad():
         for name in names:
             a = _native.load_image(str(data / "testA" / name), 64)
             b = _native.load_image(str(data / "testB" / name), 64)
-            cells = [a[0]] + [g(a)[0] for g in generators] + [b[0]]
+            cells = [a[0]] + [g(a)[0] for g in gens] + [b[0]]
             rows.append(torch.cat([torch.nn.functional.pad(c, (2, 2, 2, 2), value=1.0) for c in cells], dim=2))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _native.save_image(torch.cat(rows, dim=1), str(target))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    _native.save_image(torch.cat(rows, dim=1), str(png))
+    return ["source"] + [f"{LABEL[m]} {r}" for m, r in keys] + ["true drawing"]
+
+
+def write_docs(out: Path, md: Path, data_name: str) -> None:
+    """docs/results.md from the study's output (numbers only from this script)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    fig_png, grid_png = md.parent / "results" / "study.png", md.parent / "results" / "study_grid.png"
+    rows = summaries(out)
+    seeds = sorted({r["seed"] for r in rows})
+    iters = sorted({r["iterations"] for r in rows})
+    text = (md.read_text() if md.exists() else "")
+    head, sep, tail = text.partition("<!-- study:begin -->")
+    _, sep2, rest = tail.partition("<!-- study:end -->")
+    body = (f"<!-- study:begin -->\n_Generated by `python benches/quality.py --out {out} --docs {md}` at commit `{commit}`: "
+            f"{len(rows)} runs, seeds {seeds}, {iters} iterations per run, on {os.cpu_count()} CPU cores._\n\n"
+            + report(out))
+    if rows:
+        figure(out, fig_png)
+        columns = grid(out, grid_png, data_name)
+        body += (f"\n\n![last checkpoints: KID and SSIM per cell]({fig_png.relative_to(md.parent)})\n\n"
+                 f"Test images (rows); columns: {' | '.join(columns)} (last checkpoints, first seed):\n\n"
+                 f"![translations]({grid_png.relative_to(md.parent)})")
+    body += "\n<!-- study:end -->"
+    md.write_text(head + body + rest if sep and sep2 else text + "\n" + body + "\n")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/quality")
-    p.add_argument("--mode", choices=MODES, help="(internal) train one mode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-epochs", type=int, default=2)
-    p.add_argument("--n-epochs-decay", type=int, default=1)
-    p.add_argument("--eval-freq", type=int, default=977)  # once per epoch of the bundled set
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--data", default="emoji_mono", help="bundled dataset name")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--iters", type=int, default=3078)
+    p.add_argument("--eval-freq", type=int, default=1026)
     p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--report", metavar="OUT", help="print the table of a finished comparison")
-    p.add_argument("--grid", nargs=2, metavar=("OUT", "PNG"), help="translations of test emoji by each method")
+    p.add_argument("--report", action="store_true", help="print the tables of the finished runs")
+    p.add_argument("--docs", metavar="MD", help="rewrite the study section of this markdown file, its figure and grid")
+    p.add_argument("--baselines", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--recipe", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.grid:
-        grid(Path(args.grid[0]), Path(args.grid[1]))
-        return
-    if args.report:
-        print(report(Path(args.report)))
-        return
-    if args.mode:
+    out = Path(args.out)
+    if args.method:
         train_one(args)
         return
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    pending, running = list(MODES), []
+    if args.baselines:
+        import torch
+
+        torch.set_num_threads(1)
+        baselines(out, args.data)
+        return
+    if args.report:
+        print(report(out))
+        return
+    if args.docs:
+        write_docs(out, Path(args.docs), args.data)
+        return
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread per process: no oversubscription
+    # the baselines, then every seed of a cell before the next cell (complete cells first)
+    pending = [] if (out / "baselines.json").exists() else [None]
+    pending += [(m, r, s) for m in args.methods.split(",") for r in args.recipes.split(",")
+                for s in map(int, args.seeds.split(",")) if not (out / run_name(m, r, s) / "summary.json").exists()]
+    common = [sys.executable, __file__, "--out", str(out), "--data", args.data]
+    running = []
     while pending or running:
         while pending and len(running) < args.parallel:
-            mode = pending.pop(0)
-            cmd = [sys.executable, __file__, "--mode", mode, "--out", args.out, "--seed", str(args.seed),
-                   "--n-epochs", str(args.n_epochs), "--n-epochs-decay", str(args.n_epochs_decay),
-                   "--eval-freq", str(args.eval_freq)]
-            running.append((mode, subprocess.Popen(cmd, env=env)))
+            cell = pending.pop(0)
+            cmd = common + (["--baselines"] if cell is None else
+                            ["--method", cell[0], "--recipe", cell[1], "--seed", str(cell[2]), "--iters", str(args.iters),
+                             "--eval-freq", str(args.eval_freq)])
+            running.append((cell, subprocess.Popen(cmd, env=env)))
         time.sleep(5)
-        for mode, proc in list(running):
+        for cell, proc in list(running):
             if proc.poll() is not None:
-                running.remove((mode, proc))
+                running.remove((cell, proc))
                 if proc.returncode:
-                    raise SystemExit(f"the {mode} run failed ({proc.returncode})")
-    print(report(Path(args.out)))
+                    print(f"run {cell} failed ({proc.returncode})", file=sys.stderr)
+    print(report(out))
 
 
 if __name__ == "__main__":

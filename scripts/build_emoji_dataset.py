@@ -73,10 +73,10 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def download_debs(dest: Path) -> dict[str, Path]:
-    """apt-get download the two packages into dest; return {pkg: .deb path}."""
+def download_debs(dest: Path, packages=(NOTO_PKG, EMOJIONE_PKG)) -> dict[str, Path]:
+    """apt-get download the packages into dest (unless there already); return {pkg: .deb path}."""
     debs = {}
-    for pkg in (NOTO_PKG, EMOJIONE_PKG):
+    for pkg in packages:
         found = sorted(dest.glob(f"{pkg}_*.deb"))
         if not found:
             log(f"apt-get download {pkg}")
@@ -163,6 +163,54 @@ def write_png(img: Image.Image, path: Path) -> None:
     with Image.open(io.BytesIO(data)) as check:  # lossless round trip
         assert check.mode == "RGB" and check.tobytes() == img.tobytes()
     path.write_bytes(data)
+
+
+def write_splits(pairs: dict, out: Path, seed: int, test_frac: float, min_test: int) -> dict[str, list[str]]:
+    """Shuffles the pair names (sorted by code point) with ``random.Random(seed)``, holds out
+    max(min_test, round(test_frac * N)) as the test split, and writes trainA/trainB/testA/testB
+    (replacing them) and an empty licenses/ under ``out``. Returns {"test": names, "train": names}."""
+    names = sorted(pairs, key=lambda n: int(n, 16))
+    random.Random(seed).shuffle(names)
+    n_test = max(min_test, round(test_frac * len(names)))
+    if n_test >= len(names):
+        sys.exit(f"only {len(names)} pairs, cannot hold out {n_test}")
+    split = {"test": sorted(names[:n_test]), "train": sorted(names[n_test:])}
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in SPLITS + ("licenses",):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    for part, part_names in split.items():
+        for dom, idx in (("A", 0), ("B", 1)):
+            d = out / f"{part}{dom}"
+            d.mkdir()
+            for n in part_names:
+                write_png(pairs[n][idx], d / f"{n}.png")
+    (out / "licenses").mkdir()
+    return split
+
+
+def copy_licences(lic: Path, copyrights: dict[str, Path]) -> None:
+    """The packages' copyright files as ``<pkg>.copyright`` and Debian's Apache-2.0 text."""
+    for pkg, path in copyrights.items():
+        shutil.copyfile(path, lic / f"{pkg}.copyright")
+    apache = Path("/usr/share/common-licenses/Apache-2.0")
+    if not apache.is_file():
+        sys.exit(f"{apache} not found (Debian base-files); needed for the Apache-2.0 text")
+    shutil.copyfile(apache, lic / "Apache-2.0.txt")
+
+
+def write_licenses_md(out: Path, template: str, fields: dict) -> int:
+    """Writes LICENSES.md, whose text states the folder's total size (its own included):
+    rewritten until that number is stable. Returns the total."""
+    lic_md = out / "LICENSES.md"
+    total = 0
+    for _ in range(5):
+        lic_md.write_text(template.format(total_bytes=total, **fields))
+        new_total = dir_size(out)
+        if new_total == total:
+            break
+        total = new_total
+    return total
 
 
 def distro_name() -> str:
@@ -303,9 +351,10 @@ warranties (CC BY-SA 4.0, Section 5).
 """
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+def parse_arguments(description: str, default_out: Path) -> argparse.Namespace:
+    """The command line of both dataset builders."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, default=default_out)
     ap.add_argument("--deb-dir", type=Path, default=None,
                     help="directory holding (or to receive) the two .deb files; "
                          "default: a temporary directory")
@@ -314,7 +363,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-frac", type=float, default=0.1)
     ap.add_argument("--min-test", type=int, default=100)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments(__doc__.split("\n\n")[0], DEFAULT_OUT)
 
     with tempfile.TemporaryDirectory(prefix="emoji_dataset_") as tmp:
         tmp = Path(tmp)
@@ -354,34 +407,10 @@ def main() -> None:
             log(f"EmojiOne PNGs with no visible pixels (skipped): {emojione_empty}")
         log(f"not in the Noto font (skipped): {len(noto_missing)} {noto_missing}")
 
-        names = sorted(pairs, key=lambda n: int(n, 16))
-        rng = random.Random(args.seed)
-        rng.shuffle(names)
-        n_test = max(args.min_test, round(args.test_frac * len(names)))
-        if n_test >= len(names):
-            sys.exit(f"only {len(names)} pairs, cannot hold out {n_test}")
-        split = {"test": sorted(names[:n_test]), "train": sorted(names[n_test:])}
-
         out = args.out
-        out.mkdir(parents=True, exist_ok=True)
-        for sub in SPLITS + ("licenses",):
-            if (out / sub).exists():
-                shutil.rmtree(out / sub)
-        for part, part_names in split.items():
-            for dom, idx in (("A", 0), ("B", 1)):
-                d = out / f"{part}{dom}"
-                d.mkdir()
-                for n in part_names:
-                    write_png(pairs[n][idx], d / f"{n}.png")
-
-        lic = out / "licenses"
-        lic.mkdir()
-        shutil.copyfile(noto_copyright, lic / "fonts-noto-color-emoji.copyright")
-        shutil.copyfile(emojione_copyright, lic / "ruby-gemojione.copyright")
-        apache = Path("/usr/share/common-licenses/Apache-2.0")
-        if not apache.is_file():
-            sys.exit(f"{apache} not found (Debian base-files); needed for the Apache-2.0 text")
-        shutil.copyfile(apache, lic / "Apache-2.0.txt")
+        split = write_splits(pairs, out, args.seed, args.test_frac, args.min_test)
+        names, n_test = split["test"] + split["train"], len(split["test"])
+        copy_licences(out / "licenses", {NOTO_PKG: noto_copyright, EMOJIONE_PKG: emojione_copyright})
 
         fields = dict(
             distro=distro_name(), pillow=PIL.__version__,
@@ -393,15 +422,7 @@ def main() -> None:
             alpha_threshold=ALPHA_THRESHOLD, inner=args.size - 2 * args.margin,
             size=args.size, margin=args.margin, seed=args.seed, test_frac=args.test_frac,
         )
-        # The file's own size enters the total: iterate until the number is stable.
-        lic_md = out / "LICENSES.md"
-        total = 0
-        for _ in range(5):
-            lic_md.write_text(LICENSES_TEMPLATE.format(total_bytes=total, **fields))
-            new_total = dir_size(out)
-            if new_total == total:
-                break
-            total = new_total
+        total = write_licenses_md(out, LICENSES_TEMPLATE, fields)
 
     counts = {s: len(list((out / s).glob("*.png"))) for s in SPLITS}
     log(f"wrote {out}")

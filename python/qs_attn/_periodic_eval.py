@@ -41,9 +41,10 @@ class TrainingEvaluator:
 
     def __call__(self, trainer, iteration: int) -> Dict[str, Any]:
         """Scores the trainer's current generator; saves ``best.safetensors`` on a new best."""
-        scores = evaluate_generator(trainer.G, self.data, size=self.size, device=trainer.device,
-                                    max_images=self.max_images, kid_subsets=self.kid_subsets,
-                                    cache_dir=self.run_dir / "eval_cache")
+        with trainer.averaged_weights():  # the generator that samples and export use
+            scores = evaluate_generator(trainer.G, self.data, size=self.size, device=trainer.device,
+                                        max_images=self.max_images, kid_subsets=self.kid_subsets,
+                                        cache_dir=self.run_dir / "eval_cache")
         previous_best = self.best
         scores = dict(scores, iter=iteration, epoch=trainer.epoch)
         self.evaluations.append(scores)

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import _native
+from . import _ema, _native
 from ._shared_module import SharedTensorModule
 
 __all__ = ["Generator", "Discriminator", "load_generator", "translate", "import_pth", "export_pth", "checkpoint_state_dicts"]
@@ -20,13 +20,16 @@ _NETS = ("G", "D", "F")
 
 def checkpoint_state_dicts(path: Union[str, Path]) -> Dict[str, Dict[str, torch.Tensor]]:
     """The ``G``, ``D`` and ``F`` state dicts (reference key names) stored in one of our
-    checkpoints, plus ``"config"`` (the run's options)."""
+    checkpoints, plus ``"config"`` (the run's options) and, for a run with ``ema_decay``,
+    ``"G_ema"`` (the averaged parameters of G)."""
     tensors, meta = _native.read_checkpoint(str(path))
-    out: Dict[str, dict] = {net: {} for net in _NETS}
+    out: Dict[str, dict] = {net: {} for net in _NETS + (_ema.PREFIX,)}
     for key, tensor in tensors.items():
         net, _, name = key.partition(".")
         if net in out:
             out[net][name] = tensor
+    if not out[_ema.PREFIX]:
+        del out[_ema.PREFIX]
     out["config"] = json.loads(meta["config"]) if "config" in meta else {}
     return out
 
@@ -147,7 +150,7 @@ def load_generator(path: Union[str, Path], device: str = "cpu") -> Generator:
     crop_size = 256  # the reference's default, for its .pth files
     if path.suffix == ".safetensors":
         states = checkpoint_state_dicts(path)
-        state, crop_size = states["G"], int(states["config"].get("crop_size", crop_size))
+        state, crop_size = _ema.generator_state(states), int(states["config"].get("crop_size", crop_size))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
@@ -217,8 +220,9 @@ def import_pth(pth_files: Dict[str, Union[str, Path]], out: Union[str, Path], **
 
 def export_pth(checkpoint: Union[str, Path], out_dir: Union[str, Path], prefix: str = "latest") -> List[Path]:
     """Writes ``<prefix>_net_G.pth`` / ``_D`` / ``_F`` (the reference's file and key names)
-    from one of our checkpoints."""
+    from one of our checkpoints; G is the moving average of a run with ``ema_decay``."""
     states = checkpoint_state_dicts(checkpoint)
+    states["G"] = _ema.generator_state(states)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

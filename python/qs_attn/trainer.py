@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-from . import _native
+from . import _ema, _native
 from . import distributed as dist_mod
 from ._extras import require
 from ._periodic_eval import TrainingEvaluator
@@ -360,6 +360,11 @@ class Trainer:
             return grid
         Image = require("PIL.Image", "samples(as_pil=True)")
         return Image.fromarray((grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+    def averaged_weights(self):
+        """A context in which ``G`` holds the moving average of its weights (``ema_decay``;
+        without it, nothing changes): ``with trainer.averaged_weights(): trainer.G(x)``."""
+        return _ema.averaged_weights(self._native)
 
     def save(self, path: Union[str, Path]) -> Path:
         """Writes a training checkpoint (weights, optimiser states, position) to ``path``."""

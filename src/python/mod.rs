@@ -1,6 +1,6 @@
 //! The `qs_attn._native` extension: thin pyo3 wrappers, one file per concept: the ops
-//! (`ops.rs`), the trainer and its schedule (`run.rs`), the built-in networks (`networks.rs`),
-//! checkpoint and image files (`files.rs`), user-written parts inside the Rust loop
+//! (`ops.rs`), DiffAugment (`augment.rs`), the trainer and its schedule (`run.rs`), the
+//! built-in networks (`networks.rs`), checkpoint and image files (`files.rs`), user-written parts inside the Rust loop
 //! (`parts.rs`) and the options' allowed values (`choices.rs`). Tensors cross as
 //! `torch.Tensor` without copies (pyo3-tch), so the custom autograd nodes join the caller's
 //! graph. The documented Python API is in `python/qs_attn/`.
@@ -15,6 +15,7 @@ use tch::TchError;
 
 use crate::error::message;
 
+mod augment;
 mod choices;
 mod files;
 mod networks;
@@ -50,5 +51,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     networks::register(m)?;
     files::register(m)?;
     choices::register(m)?;
+    augment::register(m)?;
     Ok(())
 }

@@ -236,6 +236,11 @@ impl PyTrainer {
         })
     }
 
+    /// Exchanges G's weights and their moving average (`ema_decay`); False when off.
+    fn swap_ema(&mut self) -> PyResult<bool> {
+        guard(|| self.0.trainer.swap_ema().map_err(step_error))
+    }
+
     #[getter]
     fn config_json(&self) -> String {
         self.0.trainer.cfg.to_json()
@@ -258,12 +263,13 @@ impl PyTrainer {
     }
 
     /// The rows of a sample grid of the first `n` test pairs (see `train::samples`):
-    /// source | translation | target-domain image | identity, each `3 × H × W` in [−1, 1].
-    fn sample_rows(&self, n: usize) -> PyResult<Vec<Vec<PyTensor>>> {
+    /// source | translation | target-domain image | identity, each `3 × H × W` in [−1, 1]; by
+    /// the averaged G when `ema_decay` is on.
+    fn sample_rows(&mut self, n: usize) -> PyResult<Vec<Vec<PyTensor>>> {
         guard(|| {
-            let t = &self.0.trainer;
+            let t = &mut self.0.trainer;
             let pairs = SamplePairs::open(Path::new(&t.cfg.dataroot), t.cfg.direction, n, t.cfg.crop_size).map_err(to_py)?;
-            let rows = pairs.rows(t.nets.g.as_ref(), t.device).map_err(step_error)?;
+            let rows = t.with_averaged_g(|t| pairs.rows(t.nets.g.as_ref(), t.device)).map_err(step_error)?;
             Ok(rows.into_iter().map(|r| r.into_iter().map(PyTensor).collect()).collect())
         })
     }

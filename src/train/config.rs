@@ -5,6 +5,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use tch::TchError;
 
+use super::augment::Policy;
 use super::options::{Mode, TrainDevice};
 use super::precision::Precision;
 use crate::data::Direction;
@@ -95,6 +96,13 @@ pub struct TrainConfig {
     pub save_epoch_freq: i64,
     /// Number of test images in each sample grid.
     pub num_samples: usize,
+    /// DiffAugment policy for D's inputs (our extension, `train::augment`): "" (off, the
+    /// reference) or a comma-separated subset of "color", "translation", "cutout".
+    pub diff_augment: Policy,
+    /// Decay of the moving average of G's weights (our extension, `train::ema`); 0 = off (the
+    /// reference). When on, samples, evaluations, export and translation use the average.
+    #[serde(deserialize_with = "finite")]
+    pub ema_decay: f64,
 }
 
 impl Default for TrainConfig {
@@ -150,6 +158,8 @@ impl Default for TrainConfig {
             save_latest_freq: 5000,
             save_epoch_freq: 5,
             num_samples: 4,
+            diff_augment: Policy::default(),
+            ema_decay: 0.0,
         }
     }
 }
@@ -246,6 +256,9 @@ impl TrainConfig {
             if slots.iter().any(|&s| s >= self.nce_layers.len()) {
                 errors.push(format!("qs_slots {:?} must index nce_layers (length {})", slots, self.nce_layers.len()));
             }
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            errors.push(format!("ema_decay must be in [0, 1) (0 = off), got {}", self.ema_decay));
         }
         if !(self.nce_t > 0.0 && self.lr > 0.0) {
             errors.push("nce_T and lr must be positive".into());

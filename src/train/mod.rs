@@ -5,8 +5,11 @@
 //! → `step.rs` (the translation, the D step, the G + F step) → `parts.rs` (the networks and
 //! losses the step calls) → `adam.rs`.
 pub mod adam;
+pub mod augment;
 pub mod checkpoint;
 pub mod config;
+pub mod data_efficient;
+pub mod ema;
 pub mod networks;
 pub mod options;
 pub mod parts;

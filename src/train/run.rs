@@ -272,15 +272,16 @@ impl Run {
         Ok(path)
     }
 
-    /// A grid of test translations (see `samples.rs`), on the writing process.
+    /// A grid of test translations (see `samples.rs`) by the averaged G when `ema_decay` is
+    /// on, on the writing process.
     fn write_samples(&mut self) -> Result<(), TchError> {
         if !self.trainer.writer {
             return Ok(());
         }
         let path = self.run_dir().join("samples").join(format!("iter_{:07}.png", self.trainer.total_iters));
         self.open()?;
-        let (trainer, state) = (&self.trainer, self.state.as_mut().expect("opened above"));
-        let rows = state.samples.rows(trainer.nets.g.as_ref(), trainer.device)?;
+        let (trainer, state) = (&mut self.trainer, self.state.as_mut().expect("opened above"));
+        let rows = trainer.with_averaged_g(|t| state.samples.rows(t.nets.g.as_ref(), t.device))?;
         image_io::save_grid(&rows, &path)?;
         state.summary.samples.push(path);
         Ok(())

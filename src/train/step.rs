@@ -163,7 +163,7 @@ impl Trainer {
         let images = pass.images;
         self.opt_d.set_requires_grad(true);
         self.opt_d.zero_grad();
-        let pred = self.nets.d.forward(&Tensor::cat(&[&pass.fake_b.detach(), b], 0))?;
+        let pred = self.nets.d.forward(&self.extras.d_input(&Tensor::cat(&[&pass.fake_b.detach(), b], 0), true)?)?;
         let d_fake = self.gan.loss(&pred.narrow(0, 0, images), false)?;
         let d_real = self.gan.loss(&pred.narrow(0, images, images), true)?;
         let mut d = (&d_fake + &d_real) * 0.5;
@@ -193,7 +193,7 @@ impl Trainer {
             opt.zero_grad();
         }
         let scope = self.autocast();
-        let g_gan = self.gan.loss(&self.nets.d.forward(&pass.fake_b)?, true)? * self.cfg.lambda_gan;
+        let g_gan = self.gan.loss(&self.nets.d.forward(&self.extras.d_input(&pass.fake_b, false)?)?, true)? * self.cfg.lambda_gan;
         let (nce, nce_y) = match &pass.source_feats {
             Some(feat_k) => self.nce_terms(pass, feat_k, ids)?,
             None => (None, None),
@@ -208,6 +208,7 @@ impl Trainer {
         if update {
             self.sync_gradients("G", &self.opt_g)?;
             self.opt_g.step()?;
+            self.extras.after_g_step(&self.nets.g.parameters()?)?;
             if let Some(opt) = self.opt_f.as_ref() {
                 self.sync_gradients("F", opt)?;
             }

@@ -15,6 +15,7 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use super::adam::Adam;
 use super::config::TrainConfig;
+use super::data_efficient::DataEfficient;
 use super::networks::{Networks, Parts};
 use super::parts::{GanLossPart, NceLossPart, PatchNce};
 use super::precision::params_to_channels_last;
@@ -76,6 +77,8 @@ pub struct Trainer {
     pub writer: bool,
     /// `(rank, world_size)`: this process's share of the data; `(0, 1)` alone.
     pub shard: (usize, usize),
+    /// DiffAugment and the EMA of G (off by default).
+    pub(super) extras: DataEfficient,
 }
 
 impl Trainer {
@@ -114,7 +117,9 @@ impl Trainer {
         let (opt_g, opt_d) = (adam(nets.g.parameters()?), adam(nets.d.parameters()?));
         // docs/algorithm.md Q25: no projector optimiser when NCE is off.
         let opt_f = if cfg.lambda_nce > 0.0 { Some(adam(nets.f.parameters()?)) } else { None };
+        let extras = DataEfficient::new(&cfg, &nets.g.parameters()?)?;
         Ok(Trainer {
+            extras,
             gan: parts.gan_loss.take().unwrap_or_else(|| Box::new(cfg.gan_mode)),
             nce: parts.nce_loss.take().unwrap_or_else(|| Box::new(PatchNce { tau: cfg.nce_t })),
             supplied,

@@ -42,6 +42,7 @@ pub fn save(trainer: &Trainer, path: &Path) -> Result<(), TchError> {
             meta.insert(format!("{prefix}.step"), step.to_string());
         }
     }
+    trainer.extras.save(&mut tensors, &mut meta);
     file::save(path, &tensors, meta)
 }
 
@@ -97,6 +98,8 @@ pub fn resume(path: &Path, overrides: Option<&str>, parts: Parts) -> Result<Trai
     trainer.total_iters = num("total_iters")?;
     trainer.sampler = PatchSampler::new(num("sampler_state")?);
     trainer.coins = SplitMix64::new(num("coins_state")?);
+    let g_params = trainer.nets.g.parameters()?;
+    trainer.extras.load(&tensors, &meta, &g_params)?;
     Ok(trainer)
 }
 
