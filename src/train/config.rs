@@ -82,6 +82,12 @@ pub struct TrainConfig {
     pub save_epoch_freq: i64,
     /// Number of test images in each sample grid.
     pub num_samples: usize,
+    /// A NaN or infinite loss or gradient: "stop" (an error) or "skip" (that update). See
+    /// `train::guard`.
+    pub on_nonfinite: String,
+    /// Start a new run in a directory that holds an earlier one, removing its checkpoints and
+    /// log (otherwise refused). See `train::run_dir`.
+    pub overwrite: bool,
 }
 
 impl Default for TrainConfig {
@@ -137,6 +143,8 @@ impl Default for TrainConfig {
             save_latest_freq: 5000,
             save_epoch_freq: 5,
             num_samples: 4,
+            on_nonfinite: "stop".into(),
+            overwrite: false,
         }
     }
 }

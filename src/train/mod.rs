@@ -2,7 +2,10 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
+pub mod guard;
+pub mod integrity;
 pub mod parts;
 pub mod precision;
 pub mod run;
+pub mod run_dir;
 pub mod trainer;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tch::{Device, TchError, Tensor};
 
+use super::run_dir;
 use super::trainer::{StepLosses, Trainer};
 use crate::data::dataset::{Direction, UnalignedDataset};
 use crate::data::image_io;
@@ -97,6 +98,7 @@ impl Trainer {
         let dataset = Arc::new(UnalignedDataset::open(&root, "train", direction)?);
         let log_path = run_dir.join("loss_log.jsonl");
         let (log, sample_pairs) = if self.writer {
+            run_dir::prepare(&run_dir, self.resumed_at, self.cfg.overwrite)?;
             std::fs::create_dir_all(run_dir.join("samples")).map_err(|e| invalid(format!("{}: {e}", run_dir.display())))?;
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -151,6 +153,9 @@ impl Trainer {
         self.epoch_iter += 1;
         self.total_iters += 1;
         let logging = self.total_iters % self.cfg.print_freq.max(1) == 0;
+        if logging {
+            self.guard.verify()?; // the losses are read from the device here anyway
+        }
         let values = logging.then(|| losses.values());
         let lr = self.cfg.lr * self.cfg.lr_multiplier(self.epoch);
         let run = self.run.as_mut().expect("opened above");
@@ -266,13 +271,23 @@ impl Trainer {
 }
 
 /// Up to `n` (source, target) pairs from testA/testB (or the training folders), crop-sized;
-/// unreadable files are left out (the loader warns about them).
+/// unreadable files are left out (the loader warns about them). Read before the first
+/// iteration: no pair at all is an error then, not at the first sample grid.
 fn sample_images(root: &Path, direction: Direction, n: usize, size: u32) -> Result<Vec<(Tensor, Tensor)>, TchError> {
     let set = UnalignedDataset::open(root, "test", direction).or_else(|_| UnalignedDataset::open(root, "train", direction))?;
     let readable = |files: &[PathBuf]| -> Vec<Tensor> {
         files.iter().filter_map(|f| image_io::load_image(f, Some(size)).ok()).take(n).collect()
     };
-    Ok(readable(&set.a).into_iter().zip(readable(&set.b)).collect())
+    let pairs: Vec<(Tensor, Tensor)> = readable(&set.a).into_iter().zip(readable(&set.b)).collect();
+    if pairs.is_empty() {
+        let folder = |files: &[PathBuf]| files.first().and_then(|f| f.parent()).map_or_else(String::new, |d| d.display().to_string());
+        return Err(invalid(if n == 0 {
+            "num_samples must be >= 1 (the images of each sample grid)".to_string()
+        } else {
+            format!("no sample grid can be made: none of the images in {} or none in {} could be read", folder(&set.a), folder(&set.b))
+        }));
+    }
+    Ok(pairs)
 }
 
 fn write_log_line(

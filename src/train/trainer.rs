@@ -21,9 +21,11 @@ use tch::{nn, Device, Kind, TchError, Tensor};
 use super::adam::Adam;
 use super::checkpoint;
 use super::config::TrainConfig;
+use super::guard::{self, DivergenceGuard};
 use super::precision::{channels_last, params_to_channels_last, AutocastCacheHold, Bf16Autocast, Precision};
 use super::parts::{DiscriminatorPart, GanLossPart, GeneratorPart, NceLossPart, Owned, PatchNce, ProjectorPart};
 use super::run::RunState;
+use super::run_dir;
 use crate::autograd::NoAutocast;
 use crate::device::to_device_async;
 use crate::error::invalid;
@@ -251,6 +253,9 @@ pub struct Trainer {
     pub writer: bool,
     /// `(rank, world_size)`: this process's share of the data; `(0, 1)` alone.
     pub(super) shard: (usize, usize),
+    pub(super) guard: DivergenceGuard,
+    /// The iteration of the checkpoint this trainer resumed from (`None`: a fresh run).
+    pub(super) resumed_at: Option<u64>,
 }
 
 const FORMAT: &str = "qs_attn-checkpoint-1";
@@ -265,7 +270,9 @@ impl Trainer {
     /// from `cfg.seed`).
     pub fn with_parts(cfg: TrainConfig, mut parts: Parts) -> Result<Self, TchError> {
         cfg.validate()?;
+        run_dir::check_name(&cfg.name)?;
         let device = parse_device(&cfg.device)?;
+        let guard = DivergenceGuard::new(&cfg.on_nonfinite, device)?;
         if device.is_cuda() && cfg.cudnn_benchmark {
             tch::Cuda::cudnn_set_benchmark(true);
         }
@@ -315,6 +322,8 @@ impl Trainer {
             grad_sync: None,
             writer: true,
             shard: (0, 1),
+            guard,
+            resumed_at: None,
         })
     }
 
@@ -459,7 +468,10 @@ impl Trainer {
         d.f_backward()?;
         if update {
             self.sync_gradients("D", &self.opt_d)?;
-            self.opt_d.step()?;
+            let terms = [("D", &d), ("D_real", &d_real), ("D_fake", &d_fake)].into_iter().chain(gp.as_ref().map(|t| ("GP", t)));
+            if self.guard.admit(self.total_iters + 1, terms, &[("D", Some(&self.opt_d))])? {
+                self.opt_d.step()?;
+            }
         }
 
         // Generator + projector step, D frozen: λ_GAN·L(D(G(x)), real) + NCE terms.
@@ -499,12 +511,16 @@ impl Trainer {
         g.f_backward()?;
         if update {
             self.sync_gradients("G", &self.opt_g)?;
-            self.opt_g.step()?;
             if let Some(opt) = self.opt_f.as_ref() {
                 self.sync_gradients("F", opt)?;
             }
-            if let Some(opt) = self.opt_f.as_mut() {
-                opt.step()?;
+            let terms = [("G_GAN", &g_gan), ("G", &g)].into_iter().chain(nce.as_ref().map(|t| ("NCE", t)));
+            let terms = terms.chain(nce_y.as_ref().map(|t| ("NCE_Y", t)));
+            if self.guard.admit(self.total_iters + 1, terms, &[("G", Some(&self.opt_g)), ("F", self.opt_f.as_ref())])? {
+                self.opt_g.step()?;
+                if let Some(opt) = self.opt_f.as_mut() {
+                    opt.step()?;
+                }
             }
         }
         self.set_d_requires_grad(true);
@@ -527,6 +543,7 @@ impl Trainer {
     /// Everything needed to continue: weights, optimiser states, position, generator states,
     /// the full config (metadata).
     pub fn save(&self, path: &Path) -> Result<(), TchError> {
+        self.guard.verify()?;
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (prefix, state) in self.states()? {
             tensors.extend(state.into_iter().map(|(name, t)| (format!("{prefix}.{name}"), t)));
@@ -549,6 +566,7 @@ impl Trainer {
                 meta.insert(format!("{prefix}.step"), step.to_string());
             }
         }
+        guard::ensure_finite(&tensors)?;
         checkpoint::save(path, &tensors, meta)
     }
 
@@ -616,6 +634,7 @@ impl Trainer {
         trainer.total_iters = num("total_iters")?;
         trainer.sampler = PatchSampler::new(num("sampler_state")?);
         trainer.coins = SplitMix64::new(num("coins_state")?);
+        trainer.resumed_at = Some(trainer.total_iters);
         Ok(trainer)
     }
 }
