@@ -56,8 +56,13 @@ class TerminationRequest:
             return self.received is not None
         import torch.distributed as dist
 
+        from .distributed import _collective_failed
+
         flag = torch.tensor([0 if self.received is None else 1], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        try:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        except Exception as e:  # a dead peer or a timeout: said as for the gradients
+            raise _collective_failed("agreeing whether to stop", e) from e
         if flag.item() and self.received is None:
             self.received = "SIGTERM on another rank"
         return bool(flag.item())
