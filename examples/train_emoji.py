@@ -44,6 +44,7 @@ def main() -> None:
     start = time.perf_counter()
     result = qs_attn.train(
         name="emoji_qs_global", mode="global", checkpoints_dir=args.checkpoints_dir, device=args.device,
+        overwrite=True,  # the demo retrains from scratch on every run of scripts/main.sh
         # demo configuration: 64x64 emoji, a half-width network, N = 64 queries on the 16x16 QS maps
         crop_size=64, load_size=72, ngf=32, ndf=32, num_patches=64,
         n_epochs=3, n_epochs_decay=1, max_iters=total,

@@ -22,6 +22,7 @@ from torch import nn
 from . import _native
 from . import distributed as dist_mod
 from ._periodic_eval import TrainingEvaluator
+from ._stopping import TerminationRequest, save_after_failure
 from .datasets import bundled_dataset
 from .models import Discriminator, Generator
 from .nn import PatchSampleF
@@ -342,11 +343,13 @@ class Trainer:
 
     def fit(self, iterations: Optional[int] = None) -> TrainResult:
         """Trains ``iterations`` more iterations (default: to the end of the schedule), then
-        writes a sample grid and the latest checkpoint. Ctrl-C or :class:`StopTraining` stop
-        early, with the checkpoint written."""
+        writes a sample grid and the latest checkpoint. Ctrl-C, SIGTERM or :class:`StopTraining`
+        stop early, with the checkpoint written; after an error the checkpoint is written before
+        the error propagates (see :mod:`qs_attn._stopping`)."""
         line = _ProgressLine(self.progress, self.run_dir)
         stopped_by = None
         done = 0
+        sigterm = TerminationRequest.install()
         try:
             while iterations is None or done < iterations:
                 p = self._advance()
@@ -354,9 +357,16 @@ class Trainer:
                     break
                 done += 1
                 line.update(p)
+                if sigterm.stop_now(self.world_size, self.device):
+                    stopped_by = sigterm.received
+                    break
         except (KeyboardInterrupt, StopTraining) as e:
             stopped_by = repr(e)
+        except Exception:
+            save_after_failure(self)
+            raise
         finally:
+            sigterm.restore()
             line.close()
         if self._eval is not None and stopped_by is None and self.total_iters and not self._eval.evaluated(self.total_iters):
             self._evaluate()  # the last checkpoint is always scored too

@@ -9,6 +9,7 @@ use crate::data::Direction;
 use crate::losses::GanMode;
 use crate::nets::init::InitType;
 use crate::ops::{LocalLayout, QsMode, Reduction};
+use crate::train::guard::OnNonFinite;
 use crate::train::options::{Mode, TrainDevice};
 use crate::train::precision::Precision;
 
@@ -26,6 +27,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     choices.set_item("direction", Direction::names())?;
     choices.set_item("device", TrainDevice::NAMES.to_vec())?;
     choices.set_item("reduction", Reduction::names())?;
+    choices.set_item("on_nonfinite", OnNonFinite::names())?;
     m.add("OPTION_CHOICES", choices)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use tch::TchError;
 
+use super::guard::OnNonFinite;
 use super::options::{Mode, TrainDevice};
 use super::precision::Precision;
 use crate::data::Direction;
@@ -95,6 +96,12 @@ pub struct TrainConfig {
     pub save_epoch_freq: i64,
     /// Number of test images in each sample grid.
     pub num_samples: usize,
+    /// A NaN or infinite loss or gradient: "stop" (an error) or "skip" (that update). See
+    /// `train::guard`.
+    pub on_nonfinite: OnNonFinite,
+    /// Start a new run in a directory that holds an earlier one, removing its checkpoints and
+    /// log (otherwise refused). See `train::run_dir`.
+    pub overwrite: bool,
 }
 
 impl Default for TrainConfig {
@@ -150,6 +157,8 @@ impl Default for TrainConfig {
             save_latest_freq: 5000,
             save_epoch_freq: 5,
             num_samples: 4,
+            on_nonfinite: OnNonFinite::Stop,
+            overwrite: false,
         }
     }
 }
@@ -219,6 +228,9 @@ impl TrainConfig {
         }
         if self.batch_size < 1 {
             errors.push("batch_size must be >= 1".into());
+        }
+        if self.num_samples < 1 {
+            errors.push("num_samples must be >= 1 (the images of each sample grid)".into());
         }
         for (name, value) in [("num_patches", self.num_patches), ("ngf", self.ngf), ("ndf", self.ndf), ("netF_nc", self.netf_nc)] {
             if value < 1 {

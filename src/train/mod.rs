@@ -7,11 +7,13 @@
 pub mod adam;
 pub mod checkpoint;
 pub mod config;
+pub mod guard;
 pub mod networks;
 pub mod options;
 pub mod parts;
 pub mod precision;
 pub mod run;
+pub mod run_dir;
 pub mod samples;
 pub mod step;
 pub mod trainer;
