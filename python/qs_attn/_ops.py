@@ -12,8 +12,15 @@ OPTION_CHOICES = _native.OPTION_CHOICES
 
 
 def _check_tensor(name: str, value) -> None:
+    """An ordinary dense tensor: the ops read strided memory, so sparse (COO, CSR, ...), nested
+    and MKL-DNN tensors are refused here, before they reach the Rust side."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_nested:
+        raise TypeError(f"{name} is a nested tensor; the ops take dense tensors (torch.strided layout)")
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} has layout {value.layout}; the ops take dense tensors (torch.strided): "
+                        f"convert with .to_dense()")
     if value.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name} must be a CPU or CUDA tensor, got device {value.device}")
 

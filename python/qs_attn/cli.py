@@ -30,6 +30,14 @@ def _options(pairs: List[str]) -> Dict[str, object]:
     return out
 
 
+def _exit_code(result) -> int:
+    """0 when the run ended on schedule; 128 + the signal's number when Ctrl-C (130) or SIGTERM
+    (143) stopped it, the shell's convention."""
+    if not result.interrupted:
+        return 0
+    return 143 if (result.stopped_by or "").startswith("SIGTERM") else 130
+
+
 def _report(result) -> int:
     import torch.distributed as dist
 
@@ -37,14 +45,14 @@ def _report(result) -> int:
         rank = dist.get_rank()
         dist.destroy_process_group()
         if rank != 0:
-            return 130 if result.interrupted else 0
+            return _exit_code(result)
     print(f"run folder:  {result.run_dir}")
     print(f"checkpoint:  {result.checkpoint}")
     if result.samples:
         print(f"samples:     {result.samples[-1]}")
     print(f"loss log:    {result.log}")
     print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.final_losses.items())))
-    return 130 if result.interrupted else 0
+    return _exit_code(result)
 
 
 def main(argv=None) -> int:

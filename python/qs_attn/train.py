@@ -46,7 +46,9 @@ def train(
             under bfloat16 autocast, F and the NCE loss in float32), ``channels_last``,
             ``cudnn_benchmark`` (default on), ``seed``, ``max_iters``, ``checkpoints_dir``,
             ``print_freq``, ``display_freq``, ``save_latest_freq``, ``save_epoch_freq``,
-            ``num_samples``, ``num_threads``; and the parts of :class:`qs_attn.Trainer`
+            ``num_samples``, ``num_threads``, ``on_nonfinite`` ("stop": a NaN/inf loss or gradient
+            is an error; "skip": that update is skipped), ``overwrite`` (replace an earlier run
+            of the same name instead of refusing); and the parts of :class:`qs_attn.Trainer`
             (``generator``, ``discriminator``, ``projector``, ``gan_loss``, ``nce_loss``,
             ``callbacks``, ``epoch_callbacks``). Unknown or impossible options raise
             ``ValueError``.

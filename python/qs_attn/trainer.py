@@ -24,6 +24,7 @@ from ._extras import require
 from ._periodic_eval import TrainingEvaluator
 from ._progress import ProgressDisplay, wanted
 from ._tensorboard import TensorBoardLog
+from ._stopping import TerminationRequest, save_after_failure
 from .datasets import bundled_dataset
 from .models import Discriminator, Generator
 from .nn import PatchSampleF
@@ -304,12 +305,14 @@ class Trainer:
 
     def fit(self, iterations: Optional[int] = None) -> TrainResult:
         """Trains ``iterations`` more iterations (default: to the end of the schedule), then
-        writes a sample grid and the latest checkpoint. Ctrl-C or :class:`StopTraining` stop
-        early, with the checkpoint written."""
+        writes a sample grid and the latest checkpoint. Ctrl-C, SIGTERM or :class:`StopTraining`
+        stop early, with the checkpoint written; after an error the checkpoint is written before
+        the error propagates (see :mod:`qs_attn._stopping`)."""
         line = ProgressDisplay(self.progress, self.config.get("max_iters"))
         events = TensorBoardLog(self.run_dir if self.rank == 0 else None)
         stopped_by = None
         done = 0
+        sigterm = TerminationRequest.install()
         try:
             while iterations is None or done < iterations:
                 p = self._advance()
@@ -318,9 +321,16 @@ class Trainer:
                 done += 1
                 line.update(p)
                 events.update(p)
+                if sigterm.stop_now(self.world_size, self.device):
+                    stopped_by = sigterm.received
+                    break
         except (KeyboardInterrupt, StopTraining) as e:
             stopped_by = repr(e)
+        except Exception:
+            save_after_failure(self)
+            raise
         finally:
+            sigterm.restore()
             line.close()
         if self._eval is not None and stopped_by is None and self.total_iters and not self._eval.evaluated(self.total_iters):
             self._evaluate()  # the last checkpoint is always scored too

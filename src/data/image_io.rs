@@ -8,14 +8,21 @@ use std::path::Path;
 use image::{ImageFormat, ImageReader, RgbImage};
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::completeness;
 use super::transform::{make_multiple_of_4, resize_bicubic, rgb_to_tensor, to_rgb};
 use crate::error::invalid;
 
 /// Decodes an image file (format from its content, else its extension) to 8-bit RGB (grey
-/// replicated, alpha dropped). A decoder panic on a malformed file is reported as an error.
+/// replicated, alpha dropped). A truncated JPEG or PNG (see `completeness`) or a decoder panic
+/// on a malformed file is reported as an error.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, TchError> {
     let decode = || -> Result<image::DynamicImage, String> {
-        let reader = ImageReader::open(path).map_err(|e| e.to_string())?;
+        let bytes = fs::read(path).map_err(|e| e.to_string())?;
+        completeness::check(&bytes)?;
+        let mut reader = ImageReader::new(std::io::Cursor::new(bytes));
+        if let Ok(format) = ImageFormat::from_path(path) {
+            reader.set_format(format);
+        }
         let reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
         reader.decode().map_err(|e| e.to_string())
     };

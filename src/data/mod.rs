@@ -5,7 +5,9 @@
 //! - `transform` — RGB → bicubic resize → random crop → multiple-of-4 → flip → [-1, 1], with a
 //!   Pillow-exact bicubic resampler (randomness from `crate::rng::SplitMix64`).
 //! - `loader` — one epoch of batches, prefetched by worker threads, independent of their number.
+//! - `completeness` — whether a JPEG / PNG file is whole (truncated files are refused).
 //! - `image_io` — decoding to RGB, `load_image`, and PNG export with the reference's truncation.
+pub mod completeness;
 pub mod dataset;
 pub mod image_io;
 pub mod loader;

@@ -44,9 +44,14 @@ pub fn same_kind(what_a: &str, a: &Tensor, what_b: &str, b: &Tensor) -> Result<(
     Ok(())
 }
 
-/// Only CPU and CUDA tensors are supported. (tch cannot name the others: it reports a meta
-/// tensor's device as `Mps`, so the message names none.)
+/// Only dense tensors on the CPU or CUDA are supported. The layout is checked first: a sparse
+/// or MKL-DNN tensor fails most later calls. (tch cannot name the other devices: it reports a
+/// meta tensor's device as `Mps`, so the message names none.)
 pub fn supported_device(what: &str, t: &Tensor) -> Result<(), TchError> {
+    if t.is_sparse() || t.is_mkldnn() {
+        let layout = if t.is_sparse() { "sparse" } else { "MKL-DNN" };
+        return Err(invalid(format!("{what} is a {layout} tensor; the ops take dense (strided) tensors")));
+    }
     match t.device() {
         Device::Cpu | Device::Cuda(_) => Ok(()),
         _ => Err(invalid(format!("{what} must be a CPU or CUDA tensor, got one on another device (meta, MPS, …)"))),

@@ -68,7 +68,8 @@ impl Window {
         let (b, c, r) = (x.size()[0], x.size()[2], self.radius());
         x.reshape([b, self.height, self.width, c])
             .constant_pad_nd([0, 0, r, r, r, r])
-            .view([b * self.padded_positions(), c])
+            // reshape, not view: a 1×1 window pads nothing and leaves the caller's strides
+            .reshape([b * self.padded_positions(), c])
     }
 
     /// For positions `pos` (`B × n`, raster indices), the rows of their window slots in the

@@ -10,6 +10,7 @@ use crate::losses::GanMode;
 use crate::nets::init::InitType;
 use crate::ops::{LocalLayout, QsMode, Reduction};
 use crate::train::augment::Policy;
+use crate::train::guard::OnNonFinite;
 use crate::train::options::{Mode, TrainDevice};
 use crate::train::precision::Precision;
 
@@ -29,6 +30,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     choices.set_item("reduction", Reduction::names())?;
     // the transforms a diff_augment policy lists (comma-separated, any subset)
     choices.set_item("diff_augment", Policy::NAMES.to_vec())?;
+    choices.set_item("on_nonfinite", OnNonFinite::names())?;
     m.add("OPTION_CHOICES", choices)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tch::TchError;
 
 use super::augment::Policy;
+use super::guard::OnNonFinite;
 use super::options::{Mode, TrainDevice};
 use super::precision::Precision;
 use crate::data::Direction;
@@ -103,6 +104,12 @@ pub struct TrainConfig {
     /// reference). When on, samples, evaluations, export and translation use the average.
     #[serde(deserialize_with = "finite")]
     pub ema_decay: f64,
+    /// A NaN or infinite loss or gradient: "stop" (an error) or "skip" (that update). See
+    /// `train::guard`.
+    pub on_nonfinite: OnNonFinite,
+    /// Start a new run in a directory that holds an earlier one, removing its checkpoints and
+    /// log (otherwise refused). See `train::run_dir`.
+    pub overwrite: bool,
 }
 
 impl Default for TrainConfig {
@@ -160,6 +167,8 @@ impl Default for TrainConfig {
             num_samples: 4,
             diff_augment: Policy::default(),
             ema_decay: 0.0,
+            on_nonfinite: OnNonFinite::Stop,
+            overwrite: false,
         }
     }
 }
@@ -229,6 +238,9 @@ impl TrainConfig {
         }
         if self.batch_size < 1 {
             errors.push("batch_size must be >= 1".into());
+        }
+        if self.num_samples < 1 {
+            errors.push("num_samples must be >= 1 (the images of each sample grid)".into());
         }
         for (name, value) in [("num_patches", self.num_patches), ("ngf", self.ngf), ("ndf", self.ndf), ("netF_nc", self.netf_nc)] {
             if value < 1 {

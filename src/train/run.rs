@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tch::TchError;
 
 use super::checkpoint;
+use super::run_dir;
 use super::samples::SamplePairs;
 use super::step::StepLosses;
 use super::trainer::{GradientSync, Trainer};
@@ -120,6 +121,7 @@ impl Run {
             let dataset = Arc::new(UnalignedDataset::open(&root, "train", cfg.direction)?);
             let log_path = run_dir.join("loss_log.jsonl");
             let (log, samples) = if self.trainer.writer {
+                run_dir::prepare(&run_dir, self.trainer.resumed_at, cfg.overwrite)?;
                 std::fs::create_dir_all(run_dir.join("samples")).map_err(|e| invalid(format!("{}: {e}", run_dir.display())))?;
                 let log = std::fs::OpenOptions::new()
                     .create(true)
@@ -182,7 +184,11 @@ impl Run {
         t.total_iters += 1;
         let (epoch, epoch_iter, total_iters, lr) = (t.epoch, t.epoch_iter, t.total_iters, t.lr());
         let (print_freq, display_freq, save_latest_freq) = (t.cfg.print_freq, t.cfg.display_freq, t.cfg.save_latest_freq);
-        let values = (total_iters % print_freq.max(1) == 0).then(|| losses.values());
+        let logging = total_iters % print_freq.max(1) == 0;
+        if logging {
+            t.guard.verify()?; // the losses are read from the device here anyway
+        }
+        let values = logging.then(|| losses.values());
         let state = self.open()?;
         if let (Some(values), Some(log)) = (&values, state.log.as_mut()) {
             write_log_line(log, epoch, epoch_iter, total_iters, lr, values)?;

@@ -7,19 +7,33 @@ use tch::{Device, TchError, Tensor};
 use super::parts::GeneratorPart;
 use crate::data::dataset::{Direction, UnalignedDataset};
 use crate::data::image_io;
+use crate::error::invalid;
 
 /// The (source, target) image pairs the grids show, loaded once.
 pub struct SamplePairs(Vec<(Tensor, Tensor)>);
 
 impl SamplePairs {
     /// Up to `n` (source, target) pairs from testA/testB (or the training folders), crop-sized;
-    /// unreadable files are left out (the loader warns about them).
+    /// unreadable files are left out (the loader warns about them). No pair at all is an error
+    /// (a run opens its pairs before the first iteration, so it fails then, not at its first grid).
     pub fn open(root: &Path, direction: Direction, n: usize, size: u32) -> Result<Self, TchError> {
+        if n == 0 {
+            return Err(invalid("a sample grid needs at least one image pair, asked for 0"));
+        }
         let set = UnalignedDataset::open(root, "test", direction).or_else(|_| UnalignedDataset::open(root, "train", direction))?;
         let readable = |files: &[PathBuf]| -> Vec<Tensor> {
             files.iter().filter_map(|f| image_io::load_image(f, Some(size)).ok()).take(n).collect()
         };
-        Ok(SamplePairs(readable(&set.a).into_iter().zip(readable(&set.b)).collect()))
+        let pairs: Vec<(Tensor, Tensor)> = readable(&set.a).into_iter().zip(readable(&set.b)).collect();
+        if pairs.is_empty() {
+            let folder = |files: &[PathBuf]| files.first().and_then(|f| f.parent()).map_or_else(String::new, |d| d.display().to_string());
+            return Err(invalid(format!(
+                "no sample grid can be made: none of the images in {} or none in {} could be read",
+                folder(&set.a),
+                folder(&set.b)
+            )));
+        }
+        Ok(SamplePairs(pairs))
     }
 
     /// No pairs (a process that writes no grids).

@@ -179,7 +179,10 @@ impl Trainer {
         d.f_backward()?;
         if update {
             self.sync_gradients("D", &self.opt_d)?;
-            self.opt_d.step()?;
+            let terms = [("D", &d), ("D_real", &d_real), ("D_fake", &d_fake)].into_iter().chain(gp.as_ref().map(|t| ("GP", t)));
+            if self.guard.admit(self.total_iters + 1, terms, &[("D", Some(&self.opt_d))])? {
+                self.opt_d.step()?;
+            }
         }
         Ok(DiscriminatorLosses { d, d_real, d_fake, gp })
     }
@@ -206,14 +209,20 @@ impl Trainer {
         drop(scope);
         g.f_backward()?;
         if update {
+            // F is averaged before G's update too, so that every process's guard sees the same
+            // gradients and makes the same decision.
             self.sync_gradients("G", &self.opt_g)?;
-            self.opt_g.step()?;
-            self.extras.after_g_step(&self.nets.g.parameters()?)?;
             if let Some(opt) = self.opt_f.as_ref() {
                 self.sync_gradients("F", opt)?;
             }
-            if let Some(opt) = self.opt_f.as_mut() {
-                opt.step()?;
+            let terms = [("G_GAN", &g_gan), ("G", &g)].into_iter().chain(nce.as_ref().map(|t| ("NCE", t)));
+            let terms = terms.chain(nce_y.as_ref().map(|t| ("NCE_Y", t)));
+            if self.guard.admit(self.total_iters + 1, terms, &[("G", Some(&self.opt_g)), ("F", self.opt_f.as_ref())])? {
+                self.opt_g.step()?;
+                self.extras.after_g_step(&self.nets.g.parameters()?)?;
+                if let Some(opt) = self.opt_f.as_mut() {
+                    opt.step()?;
+                }
             }
         }
         self.opt_d.set_requires_grad(true);

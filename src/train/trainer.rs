@@ -16,9 +16,11 @@ use tch::{Device, Kind, TchError, Tensor};
 use super::adam::Adam;
 use super::config::TrainConfig;
 use super::data_efficient::DataEfficient;
+use super::guard::DivergenceGuard;
 use super::networks::{Networks, Parts};
 use super::parts::{GanLossPart, NceLossPart, PatchNce};
 use super::precision::params_to_channels_last;
+use super::run_dir;
 use crate::error::invalid;
 use crate::ops::PatchSampler;
 use crate::rng::SplitMix64;
@@ -79,6 +81,10 @@ pub struct Trainer {
     pub shard: (usize, usize),
     /// DiffAugment and the EMA of G (off by default).
     pub(super) extras: DataEfficient,
+    /// Checks loss terms and gradients before each update (`on_nonfinite`).
+    pub(super) guard: DivergenceGuard,
+    /// The iteration of the checkpoint this trainer resumed from (`None`: a fresh run).
+    pub(super) resumed_at: Option<u64>,
 }
 
 impl Trainer {
@@ -91,7 +97,9 @@ impl Trainer {
     /// from `cfg.seed`).
     pub fn with_parts(cfg: TrainConfig, mut parts: Parts) -> Result<Self, TchError> {
         cfg.validate()?;
+        run_dir::check_name(&cfg.name)?;
         let device = cfg.device.device();
+        let guard = DivergenceGuard::new(cfg.on_nonfinite, device);
         if device.is_cuda() && cfg.cudnn_benchmark {
             tch::Cuda::cudnn_set_benchmark(true);
         }
@@ -138,6 +146,8 @@ impl Trainer {
             grad_sync: None,
             writer: true,
             shard: (0, 1),
+            guard,
+            resumed_at: None,
         })
     }
 

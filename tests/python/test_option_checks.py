@@ -51,7 +51,8 @@ def test_networks_of_no_width_are_a_value_error(make):
         make()
 
 
-@pytest.mark.parametrize("option", ["mode", "gan_mode", "init_type", "local_layout", "precision", "direction"])
+@pytest.mark.parametrize("option", ["mode", "gan_mode", "init_type", "local_layout", "precision", "direction",
+                                    "on_nonfinite"])
 def test_a_bad_name_lists_the_allowed_values(tmp_path, option):
     with pytest.raises(ValueError) as e:
         _trainer(tmp_path, **{option: "bogus"})

@@ -1,6 +1,7 @@
 //! The checkpoint file: safetensors with string metadata, written atomically (a temporary file in
 //! the same folder, flushed to disk, then renamed over the target), so an interrupted save
-//! leaves the previous checkpoint intact.
+//! leaves the previous checkpoint intact; a checksum in the metadata is verified on load
+//! (`integrity.rs`).
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use tch::{Device, Kind, TchError, Tensor};
 
+use super::integrity;
 use crate::error::invalid;
 
 /// A tensor's bytes, copied to the host, in safetensors' terms.
@@ -65,17 +67,18 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String,
     let views: Vec<(&str, &HostTensor)> = host.iter().map(|(n, h)| (n.as_str(), h)).collect();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint"),
-        std::process::id()
-    ));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let tmp: PathBuf = dir.join(integrity::temp_name(file_name, std::process::id()));
+    let mut metadata = metadata;
+    let entries = host.iter().map(|(n, h)| integrity::Entry { name: n, dtype: h.dtype, shape: &h.shape, bytes: &h.bytes });
+    metadata.insert(integrity::CHECKSUM_KEY.to_string(), integrity::checksum(entries.collect(), &metadata));
     safetensors::tensor::serialize_to_file(views, &Some(metadata), &tmp).map_err(|e| io_error(&tmp, e))?;
     File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_error(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all(); // make the rename durable
     }
+    integrity::remove_stale_temps(dir, file_name);
     Ok(())
 }
 
@@ -109,6 +112,10 @@ pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, Str
     let file = SafeTensors::deserialize(&bytes).map_err(|e| io_error(path, format!("not a valid checkpoint ({e})")))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| io_error(path, e))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
+    let entries = file.tensors().into_iter().map(|(name, v)| (name, v.dtype(), View::shape(&v).to_vec(), v.data()));
+    let entries: Vec<_> = entries.collect();
+    let views = entries.iter().map(|(name, dtype, shape, bytes)| integrity::Entry { name, dtype: *dtype, shape, bytes });
+    integrity::verify(path, views.collect(), &metadata)?;
     let tensors = file
         .tensors()
         .into_iter()

@@ -2,6 +2,7 @@
 //! position, random generator states, the full config as JSON metadata), in the file format of
 //! `file.rs`, and resuming from them.
 pub mod file;
+pub mod integrity;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::path::Path;
 use tch::{TchError, Tensor};
 
 use super::config::TrainConfig;
+use super::guard;
 use super::networks::Parts;
 use super::trainer::Trainer;
 use crate::error::invalid;
@@ -18,8 +20,10 @@ use crate::rng::SplitMix64;
 /// The `format` metadata of a training checkpoint.
 const FORMAT: &str = "qs_attn-checkpoint-1";
 
-/// Writes the trainer's state to `path` (atomically).
+/// Writes the trainer's state to `path` (atomically). Refused once the trainer has diverged or
+/// when a weight or optimiser moment is not finite: the last good checkpoint stays.
 pub fn save(trainer: &Trainer, path: &Path) -> Result<(), TchError> {
+    trainer.guard.verify()?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (prefix, state) in trainer.states()? {
         tensors.extend(state.into_iter().map(|(name, t)| (format!("{prefix}.{name}"), t)));
@@ -43,6 +47,7 @@ pub fn save(trainer: &Trainer, path: &Path) -> Result<(), TchError> {
         }
     }
     trainer.extras.save(&mut tensors, &mut meta);
+    guard::ensure_finite(&tensors)?;
     file::save(path, &tensors, meta)
 }
 
@@ -100,6 +105,7 @@ pub fn resume(path: &Path, overrides: Option<&str>, parts: Parts) -> Result<Trai
     trainer.coins = SplitMix64::new(num("coins_state")?);
     let g_params = trainer.nets.g.parameters()?;
     trainer.extras.load(&tensors, &meta, &g_params)?;
+    trainer.resumed_at = Some(trainer.total_iters);
     Ok(trainer)
 }
 
