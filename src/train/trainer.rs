@@ -190,3 +190,25 @@ impl Trainer {
         Ok([("G", self.nets.g.state()?), ("D", self.nets.d.state()?), ("F", self.nets.f.state()?)])
     }
 }
+
+impl Trainer {
+    /// Exchanges G's weights and their moving average (no-op when `ema_decay` is 0): call it
+    /// once to sample, evaluate or export the averaged generator and once more to go on
+    /// training. Returns whether an average exists.
+    pub fn swap_ema(&mut self) -> Result<bool, TchError> {
+        let params = self.nets.g.parameters()?;
+        match self.extras.ema.as_mut() {
+            Some(ema) => ema.swap_into(&params).map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// `f` of this trainer with G holding the moving average (G as trained when `ema_decay`
+    /// is 0); the trained weights are back afterwards, also when `f` fails.
+    pub fn with_averaged_g<R>(&mut self, f: impl FnOnce(&Trainer) -> Result<R, TchError>) -> Result<R, TchError> {
+        self.swap_ema()?;
+        let out = f(self);
+        self.swap_ema()?;
+        out
+    }
+}
