@@ -19,7 +19,15 @@ def wanted(progress: Optional[bool]) -> bool:
     """Whether to show progress for the ``progress`` option."""
     if progress is not None:
         return bool(progress)
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return sys.stderr.isatty() or _in_jupyter_kernel()
+
+
+def _in_jupyter_kernel() -> bool:
+    """Whether this process is a running Jupyter kernel (not merely one that imported
+    ipykernel, as a test runner executing notebooks does)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
 
 
 def planned_iterations(progress: dict, max_iters: Optional[int]) -> int:

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import termios
+import types
 
 import qs_attn
 from tiny_run import TINY
@@ -34,7 +35,9 @@ def test_forced_without_tqdm(tiny_data, tmp_path, capsys, monkeypatch):
     assert "NCE " in last and "D " in last and "epoch 1/" in last
 
 
-def test_default_is_quiet_when_stderr_is_not_a_terminal(tiny_data, tmp_path, capsys):
+def test_default_is_quiet_when_stderr_is_not_a_terminal(tiny_data, tmp_path, capsys, monkeypatch):
+    # a process that merely imported ipykernel (as the notebook tests do) is no notebook
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     _train(tiny_data, tmp_path)
     captured = capsys.readouterr()
     assert "it/s" not in captured.err and "\r" not in captured.err and not captured.out
