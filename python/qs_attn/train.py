@@ -70,13 +70,15 @@ def resume(checkpoint: str, *, progress: Optional[bool] = None, callback: Option
 
 def plot_losses(log: str, out_png: str) -> Path:
     """Plots the losses of a run's ``loss_log.jsonl`` into a PNG (needs the ``plot`` extra)."""
-    require("matplotlib", "plot_losses").use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "plot_losses")
+    # a Figure without pyplot: no backend switch, so the caller's (a notebook's inline) stays
+    from matplotlib.figure import Figure
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{log} has no logged iterations yet")
     iters = [r["iter"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for key in ("D", "G_GAN"):
         axes[0].plot(iters, [r["losses"].get(key) for r in rows], label=key)
     for key in ("NCE", "NCE_Y"):
@@ -88,5 +90,4 @@ def plot_losses(log: str, out_png: str) -> Path:
         ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return Path(out_png)

@@ -62,6 +62,24 @@ def test_plot_losses_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "losses.png").exists()
 
 
+def test_plot_losses_writes_a_png_and_leaves_the_callers_backend(tmp_path):
+    """A notebook's inline backend must survive plot_losses (switching to Agg hid every later
+    figure of the quickstart notebook)."""
+    import matplotlib
+
+    log = tmp_path / "loss_log.jsonl"
+    log.write_text("".join(json.dumps({"iter": i, "epoch": 1, "losses": {"D": 0.5, "G_GAN": 0.4, "NCE": 3.0 - i}}) + "\n"
+                           for i in (1, 2)))
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # any backend other than the Agg that the old code forced
+    try:
+        out = qs_attn.plot_losses(str(log), str(tmp_path / "losses.png"))
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(before)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_samples_as_pil_without_pillow_names_the_extra(tiny_data, tmp_path, monkeypatch):
     trainer = qs_attn.Trainer(tiny_data, "pil", checkpoints_dir=str(tmp_path), max_iters=1, progress=False, **TINY)
     grid = trainer.samples(n=2)

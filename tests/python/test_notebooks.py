@@ -1,5 +1,5 @@
 """The notebooks execute headless without errors (a failing cell fails the test), at tiny sizes
-(QS_ATTN_NOTEBOOK_SMOKE=1). They are stored without outputs."""
+(QS_ATTN_NOTEBOOK_SMOKE=1), and display their figures. They are stored without outputs."""
 import json
 from pathlib import Path
 
@@ -25,3 +25,5 @@ def test_notebook_runs(path, monkeypatch):
     assert not errors
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert printed  # the cells report what they computed
+    # and show their figures (a non-interactive backend such as Agg would silently show none)
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
