@@ -10,9 +10,16 @@ computed here too, with the same protocol. Runs `--parallel` trainings at a time
     python benches/quality.py --out runs/study --report                # the tables of what has finished
     python benches/quality.py --out runs/study --docs docs/results.md  # results.md, figure and grid from the output
 
-Defaults: 4 methods x 2 recipes x 3 seeds = 24 runs of 1,026 iterations (the main job's budget:
-one epoch of the 1,026 training pairs at constant lr, ngf = ndf = 16), evaluated at 513 and 1,026.
-`--iters`, `--methods`, `--recipes` and `--seeds` shrink the study; the report says what ran.
+Defaults: 4 methods x 2 recipes x 3 seeds = 24 runs of 1,026 iterations (one epoch of the 1,026
+training pairs at constant lr, ngf = ndf = 16), evaluated at 513 and 1,026. `--epochs` and
+`--decay-epochs` set the schedule (lr constant, then decaying linearly, as the reference's
+n_epochs / n_epochs_decay); `--iters` caps it; `--methods`, `--recipes` and `--seeds` shrink the
+study; the report says what ran. `--section` names the block of the markdown file (and its
+figures) that `--docs` rewrites, so studies at several budgets can stand side by side:
+
+    python benches/quality.py --out runs/study_8ep --epochs 4 --decay-epochs 4 --eval-freq 4104 \
+        --methods global --recipes plain                                  # the main job's recipe
+    python benches/quality.py --out runs/study_8ep --docs docs/results.md --section study_8ep
 """
 from __future__ import annotations
 
@@ -31,8 +38,8 @@ RECIPES = {
     "plain": {},
     "de": {"diff_augment": "translation,cutout", "ema_decay": 0.999},
 }
-# the main job's network and schedule (examples/train_emoji_mono.py)
-BASE = dict(crop_size=64, load_size=72, ngf=16, ndf=16, num_patches=64, n_epochs=1, n_epochs_decay=0)
+# the main job's network (examples/train_emoji_mono.py); the schedule comes from the command line
+BASE = dict(crop_size=64, load_size=72, ngf=16, ndf=16, num_patches=64)
 METRICS = (("fid", "FID ↓", 1.0, 1), ("kid_mean", "KID ×100 ↓", 100.0, 2), ("l1", "L1 ↓", 1.0, 4), ("ssim", "SSIM ↑", 1.0, 4))
 LABEL = {"none": "CUT", "global": "QS global", "local": "QS local", "cross": "QS cross"}
 
@@ -53,7 +60,7 @@ def train_one(args) -> None:
     result = qs_attn.train(name=name, dataroot=str(data), checkpoints_dir=args.out, mode=args.method, seed=args.seed,
                            max_iters=args.iters, num_threads=1, print_freq=100, display_freq=10**9,
                            save_epoch_freq=100, save_latest_freq=10**9, eval_freq=args.eval_freq, progress=False,
-                           **BASE, **RECIPES[args.recipe])
+                           n_epochs=args.epochs, n_epochs_decay=args.decay_epochs, **BASE, **RECIPES[args.recipe])
     summary = {"method": args.method, "recipe": args.recipe, "seed": args.seed, "iterations": result.total_iters,
                "seconds": time.perf_counter() - start, "best": result.best, "last": result.evaluations[-1],
                "evaluations": result.evaluations}
@@ -128,26 +135,28 @@ def report(out: Path) -> str:
                      f"{i['l1']:.4f} | {i['ssim']:.4f} |")
         lines.append(f"| real vs real ({r['draws']} draws of trainB) | - | - | - | - | - | {r['fid']:.1f} ± {r['fid_std']:.1f} | "
                      f"{100 * r['kid_mean']:.2f} ± {100 * r['kid_std']:.2f} | - | - |")
-    lines += ["", "Welch's t-test on the last checkpoints (two-sided p; n = seeds per cell):", "",
-              "| comparison | " + " | ".join(m[1] for m in METRICS) + " |", "| --- | " + " | ".join("---" for _ in METRICS) + " |"]
     pairs = []
     for recipe in RECIPES:
         pairs += [((m, recipe), ("none", recipe)) for m in METHODS[1:]]
     pairs += [((m, "de"), (m, "plain")) for m in METHODS]
+    pairs = [(x, y) for x, y in pairs if x in by and y in by]
+    if pairs:
+        lines += ["", "Welch's t-test on the last checkpoints (two-sided p; n = seeds per cell):", "",
+                  "| comparison | " + " | ".join(m[1] for m in METRICS) + " |", "| --- | " + " | ".join("---" for _ in METRICS) + " |"]
     significant, tested = [], 0
     for x, y in pairs:
-        if x in by and y in by:
-            ps = [welch_p([r["last"][k] for r in by[x]], [r["last"][k] for r in by[y]]) for k, *_ in METRICS]
-            lines.append(f"| {LABEL[x[0]]} {x[1]} vs {LABEL[y[0]]} {y[1]} | " + " | ".join(f"{p:.3f}" for p in ps) + " |")
-            for (k, title, *_), p in zip(METRICS, ps):
-                tested += p == p  # a cell with one seed has no test (nan)
-                if p < 0.05:
-                    mx, my = (statistics.fmean(r["last"][k] for r in by[c]) for c in (x, y))
-                    better = mx > my if k == "ssim" else mx < my
-                    significant.append(f"{LABEL[x[0]]} {x[1]} {'better' if better else 'worse'} than "
-                                       f"{LABEL[y[0]]} {y[1]} on {title.split()[0]} (p = {p:.3f})")
-    lines += ["", f"Significant at p < 0.05 ({tested} tests, no correction for multiple comparisons, so about "
-              f"{0.05 * tested:.1f} would pass by chance alone): " + ("; ".join(significant) if significant else "none") + "."]
+        ps = [welch_p([r["last"][k] for r in by[x]], [r["last"][k] for r in by[y]]) for k, *_ in METRICS]
+        lines.append(f"| {LABEL[x[0]]} {x[1]} vs {LABEL[y[0]]} {y[1]} | " + " | ".join(f"{p:.3f}" for p in ps) + " |")
+        for (k, title, *_), p in zip(METRICS, ps):
+            tested += p == p  # a cell with one seed has no test (nan)
+            if p < 0.05:
+                mx, my = (statistics.fmean(r["last"][k] for r in by[c]) for c in (x, y))
+                better = mx > my if k == "ssim" else mx < my
+                significant.append(f"{LABEL[x[0]]} {x[1]} {'better' if better else 'worse'} than "
+                                   f"{LABEL[y[0]]} {y[1]} on {title.split()[0]} (p = {p:.3f})")
+    if pairs:
+        lines += ["", f"Significant at p < 0.05 ({tested} tests, no correction for multiple comparisons, so about "
+                  f"{0.05 * tested:.1f} would pass by chance alone): " + ("; ".join(significant) if significant else "none") + "."]
     if base:
         lines += ["", "Last checkpoint vs the untranslated input, KID ×100 (margin = identity − mean; goal: margin > 2 std of the seeds):", ""]
         for (method, recipe), runs in sorted(by.items()):
@@ -214,17 +223,18 @@ def grid(out: Path, png: Path, data_name: str, n: int = 6) -> list:
     return ["source"] + [f"{LABEL[m]} {r}" for m, r in keys] + ["true drawing"]
 
 
-def write_docs(out: Path, md: Path, data_name: str) -> None:
-    """docs/results.md from the study's output (numbers only from this script)."""
+def write_docs(out: Path, md: Path, data_name: str, section: str) -> None:
+    """The `section` block of docs/results.md from the study's output (numbers only from this script)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    fig_png, grid_png = md.parent / "results" / "study.png", md.parent / "results" / "study_grid.png"
+    fig_png, grid_png = md.parent / "results" / f"{section}.png", md.parent / "results" / f"{section}_grid.png"
     rows = summaries(out)
     seeds = sorted({r["seed"] for r in rows})
     iters = sorted({r["iterations"] for r in rows})
     text = (md.read_text() if md.exists() else "")
-    head, sep, tail = text.partition("<!-- study:begin -->")
-    _, sep2, rest = tail.partition("<!-- study:end -->")
-    body = (f"<!-- study:begin -->\n_Generated by `python benches/quality.py --out {out} --docs {md}` at commit `{commit}`: "
+    head, sep, tail = text.partition(f"<!-- {section}:begin -->")
+    _, sep2, rest = tail.partition(f"<!-- {section}:end -->")
+    body = (f"<!-- {section}:begin -->\n_Generated by `python benches/quality.py --out {out} --docs {md} --section {section}` "
+            f"at commit `{commit}`: "
             f"{len(rows)} runs, seeds {seeds}, {iters} iterations per run, on {os.cpu_count()} CPU cores._\n\n"
             + report(out))
     if rows:
@@ -233,7 +243,7 @@ def write_docs(out: Path, md: Path, data_name: str) -> None:
         body += (f"\n\n![last checkpoints: KID and SSIM per cell]({fig_png.relative_to(md.parent)})\n\n"
                  f"Test images (rows); columns: {' | '.join(columns)} (last checkpoints, first seed):\n\n"
                  f"![translations]({grid_png.relative_to(md.parent)})")
-    body += "\n<!-- study:end -->"
+    body += f"\n<!-- {section}:end -->"
     md.write_text(head + body + rest if sep and sep2 else text + "\n" + body + "\n")
 
 
@@ -244,11 +254,14 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--iters", type=int, default=1026)
+    p.add_argument("--epochs", type=int, default=1, help="epochs at constant lr")
+    p.add_argument("--decay-epochs", type=int, default=0, help="epochs of linear lr decay after them (the reference's n_epochs_decay)")
+    p.add_argument("--iters", type=int, help="cap on iterations (default: the whole schedule)")
     p.add_argument("--eval-freq", type=int, default=513)
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report", action="store_true", help="print the tables of the finished runs")
     p.add_argument("--docs", metavar="MD", help="rewrite the study section of this markdown file, its figure and grid")
+    p.add_argument("--section", default="study", help="the markers of that section: <!-- SECTION:begin/end -->")
     p.add_argument("--baselines", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -268,7 +281,7 @@ def main() -> None:
         print(report(out))
         return
     if args.docs:
-        write_docs(out, Path(args.docs), args.data)
+        write_docs(out, Path(args.docs), args.data, args.section)
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread per process: no oversubscription
     # the baselines, then every seed of a cell before the next cell (complete cells first)
@@ -281,8 +294,9 @@ def main() -> None:
         while pending and len(running) < args.parallel:
             cell = pending.pop(0)
             cmd = common + (["--baselines"] if cell is None else
-                            ["--method", cell[0], "--recipe", cell[1], "--seed", str(cell[2]), "--iters", str(args.iters),
-                             "--eval-freq", str(args.eval_freq)])
+                            ["--method", cell[0], "--recipe", cell[1], "--seed", str(cell[2]), "--epochs", str(args.epochs),
+                             "--decay-epochs", str(args.decay_epochs), "--eval-freq", str(args.eval_freq)]
+                            + ([] if args.iters is None else ["--iters", str(args.iters)]))
             running.append((cell, subprocess.Popen(cmd, env=env)))
         time.sleep(5)
         for cell, proc in list(running):
