@@ -37,4 +37,4 @@ def test_main_job_example_smoke(tmp_path):
     from qs_attn import _native
 
     tensors, _ = _native.read_checkpoint(str(run / "latest.safetensors"))
-    assert any(k.startswith("G_ema.") for k in tensors)  # the recipe keeps the average
+    assert any(k.startswith("G.") for k in tensors)
