@@ -78,16 +78,21 @@ def test_two_ranks_with_batch_one_equal_one_process_with_batch_two(two_rank_run,
     qs_attn.train(data, "single", "global", checkpoints_dir=str(tmp_path), max_iters=STEPS, batch_size=2,
                   progress=False, callback=record, distributed=False, **TINY)
     for k, (a, b, s) in enumerate(zip(r0["records"], r1["records"], single)):
-        # per-image losses: the batch of two averages the two ranks' losses
+        # per-image losses: the batch of two averages the two ranks' losses; exact up to rounding
+        # at the first step, and within what the drift below leaves at the later ones
         for key in ("D", "G_GAN", "NCE", "NCE_Y", "G"):
-            assert s["losses"][key] == pytest.approx((a["losses"][key] + b["losses"][key]) / 2, rel=1e-4), (k, key)
+            assert s["losses"][key] == pytest.approx((a["losses"][key] + b["losses"][key]) / 2, rel=1e-5 if k == 0 else 1e-3), (k, key)
         for net in "GDF":
             for name, t in a["nets"][net].items():
                 if name.endswith(".bias") and net in "GD":
                     continue  # conv biases before instance norm: noise-only gradients (see test_trainer_step)
-                torch.testing.assert_close(t, s["nets"][net][name], rtol=1e-4, atol=1e-4,
-                                           msg=lambda m: f"step {k + 1} {net}.{name}: {m}")
-                assert float((t - s["nets"][net][name]).abs().mean()) < 1e-6, (k, net, name)
+                diff = (t - s["nets"][net][name]).abs()
+                # Adam moves an element whose gradient is rounding noise by up to lr per step in
+                # either direction, so a rare element may drift by 2 lr per step between two
+                # summation orders; a real difference shows in the mean and in many elements
+                assert float(diff.mean()) < 1e-6, (k, net, name)
+                assert float(diff.max()) <= 2 * 2e-4 * (k + 1), (k, net, name)
+                assert int((diff > 1e-4 + 1e-4 * t.abs()).sum()) <= max(1, t.numel() // 1000), (k, net, name)
 
 
 def test_a_distributed_checkpoint_resumes_in_one_process(two_rank_run, tmp_path):
