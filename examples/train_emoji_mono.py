@@ -1,10 +1,12 @@
 """The main job: train QS-Attn (global) on the bundled colour -> monochrome emoji set (Noto
 Color Emoji -> Symbola line art, ``qs_attn.bundled_dataset("emoji_mono")``) with the
-reference's losses on a quarter-width network for eight epochs (four at constant lr, four
-at 0.8, 0.6, 0.4, 0.2 of it, the reference's linear decay: 8,208 iterations, the recipe of docs/results.md's eight-epoch study),
-then score the last checkpoint on the test split (FID, KID, L1, SSIM) next to the untranslated
-input (identity), and write a grid of test translations, a loss plot and the checkpoint. (Held-out real line art scored the same way, the floor a perfect translator could
-reach, is in docs/results.md: it needs all 1,026 training drawings through Inception.)
+reference's losses on a quarter-width network for eight epochs (four at constant lr, four at
+0.8, 0.6, 0.4, 0.2 of it, the reference's linear decay: 8,208 iterations, the recipe of
+docs/results.md's eight-epoch study), then score the last checkpoint on the test split (FID,
+KID, L1, SSIM) next to the untranslated input (identity), and write a grid of test
+translations, a loss plot and the checkpoint. (Held-out real line art scored the same way, the
+floor a perfect translator could reach, is in docs/results.md: it needs all 1,026 training
+drawings through Inception.)
 
     python examples/train_emoji_mono.py [--epochs-scale 0.05] [--device cuda] [--no-eval]
 """
