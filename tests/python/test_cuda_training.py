@@ -34,10 +34,18 @@ def test_cuda_run_checkpoints_resumes_and_translates(tiny_data, tmp_path):
     # CUDA kernels (atomics, cuDNN's algorithm choice) are not bit-reproducible: the resumed
     # run stays within the 6 Adam steps of lr = 2e-4 it took. Elements whose gradient is only
     # rounding noise (biases followed by instance norm) step ±lr at random; the weights agree
-    # on average too.
+    # on average too. Adam's moments are in gradient units, not bounded by lr, and for the
+    # noise-gradient biases pure noise (two identical runs on an H200 differ by 200% there): the
+    # weights' moments agree on average to 2% of their size, where moments lost at the resume
+    # would differ by all of it.
     for k in a:
         assert a[k].device.type == "cpu"
         diff = (a[k].double() - b[k].double()).abs()
+        if k.startswith("opt_"):
+            if a[k].dim() >= 2:
+                size = float(a[k].double().abs().mean())
+                assert float(diff.mean()) <= 2e-2 * size, f"{k}: mean |diff| {float(diff.mean()):.2e} of {size:.2e}"
+            continue
         assert float(diff.max()) <= 6 * 2 * 2e-4 + 1e-5, f"{k}: max |diff| {float(diff.max()):.2e}"
         if a[k].dim() >= 2:
             assert float(diff.mean()) <= 2e-4, f"{k}: mean |diff| {float(diff.mean()):.2e}"

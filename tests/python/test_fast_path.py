@@ -112,8 +112,11 @@ def test_bf16_autocast_losses_within_bfloat16_rounding(device):
     plain = _trainer(opt, G, D, F, device).step(real_A, real_B, update=False, ids_x=ids_x, ids_y=ids_y)
     differs = 0
     for key in LOSS_KEYS:
-        # bfloat16 keeps 8 significant bits (relative rounding 2^-9 per operation)
-        assert fast[key] == pytest.approx(float(expected[key]), rel=3e-2, abs=1e-3), key
+        # bfloat16 keeps 8 significant bits (relative rounding 2^-9 per operation). D_fake and
+        # G_GAN square D's output on G's output, compounding both networks' rounding: +3.6% on
+        # an H200 (cuDNN's channels-last kernels), +1.7% without channels-last, <1% on the CPU.
+        # A wrong cast or layout moves a loss by its whole size.
+        assert fast[key] == pytest.approx(float(expected[key]), rel=5e-2, abs=1e-3), key
         assert plain[key] == pytest.approx(float(expected[key]), rel=1e-4, abs=1e-6), key
         differs += fast[key] != plain[key]
     # the convolutions really ran in bfloat16: the losses are not the float32 ones
