@@ -1,8 +1,8 @@
 """Multi-seed quality study on a bundled benchmark (default: the colour -> monochrome emoji set):
 CUT (random patches, mode "none") and QS-Attn "global", "local" and "cross", each with the
-reference's training ("plain") and with the data-efficient options ("de": DiffAugment of D's
-inputs and the EMA of G, as in the main job), over several seeds, all at one budget of
-iterations. Every run is evaluated during training (FID, KID against testB; L1/SSIM against the
+reference's training ("plain"), with the data-efficient options ("de": DiffAugment of D's
+inputs and the EMA of G) or with the EMA alone ("ema", the main job's), over several seeds, all
+at one budget of iterations. Every run is evaluated during training (FID, KID against testB; L1/SSIM against the
 true counterparts) with best and last checkpoints; the identity and real-vs-real baselines are
 computed here too, with the same protocol. Runs `--parallel` trainings at a time, one thread each.
 
@@ -10,16 +10,16 @@ computed here too, with the same protocol. Runs `--parallel` trainings at a time
     python benches/quality.py --out runs/study --report                # the tables of what has finished
     python benches/quality.py --out runs/study --docs docs/results.md  # results.md, figure and grid from the output
 
-Defaults: 4 methods x 2 recipes x 3 seeds = 24 runs of 1,026 iterations (one epoch of the 1,026
+Defaults: 4 methods x 2 recipes (plain, de) x 3 seeds = 24 runs of 1,026 iterations (one epoch of the 1,026
 training pairs at constant lr, ngf = ndf = 16), evaluated at 513 and 1,026. `--epochs` and
 `--decay-epochs` set the schedule (lr constant, then decaying linearly, as the reference's
 n_epochs / n_epochs_decay); `--iters` caps it; `--methods`, `--recipes` and `--seeds` shrink the
 study; the report says what ran. `--section` names the block of the markdown file (and its
 figures) that `--docs` rewrites, so studies at several budgets can stand side by side:
 
-    python benches/quality.py --out runs/study_8ep --epochs 4 --decay-epochs 4 --eval-freq 4104 \
-        --methods global --recipes plain                                  # the main job's recipe
-    python benches/quality.py --out runs/study_8ep --docs docs/results.md --section study_8ep
+    python benches/quality.py --out runs/study_5ep --epochs 2 --decay-epochs 3 --eval-freq 1026 \
+        --methods global --recipes plain,ema                              # the main job's budget
+    python benches/quality.py --out runs/study_5ep --docs docs/results.md --section study_5ep
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ METHODS = ("none", "global", "local", "cross")
 RECIPES = {
     "plain": {},
     "de": {"diff_augment": "translation,cutout", "ema_decay": 0.999},
+    "ema": {"ema_decay": 0.999},
 }
 # the main job's network (examples/train_emoji_mono.py); the schedule comes from the command line
 BASE = dict(crop_size=64, load_size=72, ngf=16, ndf=16, num_patches=64)
@@ -138,7 +139,7 @@ def report(out: Path) -> str:
     pairs = []
     for recipe in RECIPES:
         pairs += [((m, recipe), ("none", recipe)) for m in METHODS[1:]]
-    pairs += [((m, "de"), (m, "plain")) for m in METHODS]
+    pairs += [((m, r), (m, "plain")) for m in METHODS for r in RECIPES if r != "plain"]
     pairs = [(x, y) for x, y in pairs if x in by and y in by]
     if pairs:
         lines += ["", "Welch's t-test on the last checkpoints (two-sided p; n = seeds per cell):", "",
@@ -252,7 +253,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/study")
     p.add_argument("--data", default="emoji_mono", help="bundled dataset name")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--recipes", default="plain,de", help=f"any of {','.join(RECIPES)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=1, help="epochs at constant lr")
     p.add_argument("--decay-epochs", type=int, default=0, help="epochs of linear lr decay after them (the reference's n_epochs_decay)")
