@@ -19,6 +19,8 @@ figures) that `--docs` rewrites, so studies at several budgets can stand side by
 
     python benches/quality.py --out runs/study_5ep --epochs 2 --decay-epochs 3 --eval-freq 1026 \
         --methods global --recipes plain,ema                              # the main job's budget
+    python benches/quality.py --out runs/study_5ep --epochs 2 --decay-epochs 3 --eval-freq 1026 \
+        --methods none,local --recipes ema                                # CUT and QS local there
     python benches/quality.py --out runs/study_5ep --docs docs/results.md --section study_5ep
 """
 from __future__ import annotations
