@@ -2,18 +2,19 @@
 CUT (random patches, mode "none") and QS-Attn "global", "local" and "cross", each with the
 reference's training ("plain"), with the data-efficient options ("de": DiffAugment of D's
 inputs and the EMA of G) or with the EMA alone ("ema", the main job's), over several seeds, all
-at one budget of iterations. Every run is evaluated during training (FID, KID against testB; L1/SSIM against the
-true counterparts) with best and last checkpoints; the identity and real-vs-real baselines are
-computed here too, with the same protocol. Runs `--parallel` trainings at a time, one thread each.
+at one budget of iterations. Every run is evaluated during training (FID, KID against testB;
+L1/SSIM against the true counterparts) with best and last checkpoints; the identity and
+real-vs-real baselines are computed here too, with the same protocol. Runs `--parallel`
+trainings at a time, one thread each.
 
     python benches/quality.py --out runs/study                         # train what is missing, then report
     python benches/quality.py --out runs/study --report                # the tables of what has finished
     python benches/quality.py --out runs/study --docs docs/results.md  # results.md, figure and grid from the output
 
-Defaults: 4 methods x 2 recipes (plain, de) x 3 seeds = 24 runs of 1,026 iterations (one epoch of the 1,026
-training pairs at constant lr, ngf = ndf = 16), evaluated at 513 and 1,026. `--epochs` and
-`--decay-epochs` set the schedule (lr constant, then decaying linearly, as the reference's
-n_epochs / n_epochs_decay); `--iters` caps it; `--methods`, `--recipes` and `--seeds` shrink the
+Defaults: 4 methods x 2 recipes (plain, de) x 3 seeds = 24 runs of 1,026 iterations (one
+epoch of the 1,026 training pairs at constant lr, ngf = ndf = 16), evaluated at 513 and 1,026.
+`--epochs` and `--decay-epochs` set the schedule (lr constant, then decaying linearly, as the
+reference's n_epochs / n_epochs_decay); `--iters` caps it; `--methods`, `--recipes` and `--seeds` shrink the
 study; the report says what ran. `--section` names the block of the markdown file (and its
 figures) that `--docs` rewrites, so studies at several budgets can stand side by side:
 
