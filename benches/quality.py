@@ -19,9 +19,9 @@ study; the report says what ran. `--section` names the block of the markdown fil
 figures) that `--docs` rewrites, so studies at several budgets can stand side by side:
 
     python benches/quality.py --out runs/study_5ep --epochs 2 --decay-epochs 3 --eval-freq 1026 \
-        --methods global --recipes plain,ema                              # the main job's budget
+        --methods global --recipes plain,ema,de                           # the main job's budget
     python benches/quality.py --out runs/study_5ep --epochs 2 --decay-epochs 3 --eval-freq 1026 \
-        --methods none,local --recipes ema                                # CUT and QS local there
+        --methods none,local,cross --recipes ema                          # the other methods there
     python benches/quality.py --out runs/study_5ep --docs docs/results.md --section study_5ep
 """
 from __future__ import annotations
@@ -143,6 +143,7 @@ def report(out: Path) -> str:
     for recipe in RECIPES:
         pairs += [((m, recipe), ("none", recipe)) for m in METHODS[1:]]
     pairs += [((m, r), (m, "plain")) for m in METHODS for r in RECIPES if r != "plain"]
+    pairs += [((m, "de"), (m, "ema")) for m in METHODS]  # DiffAugment's own part: both average G
     pairs = [(x, y) for x, y in pairs if x in by and y in by]
     if pairs:
         lines += ["", "Welch's t-test on the last checkpoints (two-sided p; n = seeds per cell):", "",
