@@ -14,8 +14,8 @@ trainings at a time, one thread each.
 Defaults: 4 methods x 2 recipes (plain, de) x 3 seeds = 24 runs of 1,026 iterations (one
 epoch of the 1,026 training pairs at constant lr, ngf = ndf = 16), evaluated at 513 and 1,026.
 `--epochs` and `--decay-epochs` set the schedule (lr constant, then decaying linearly, as the
-reference's n_epochs / n_epochs_decay); `--iters` caps it; `--methods`, `--recipes` and `--seeds` shrink the
-study; the report says what ran. `--section` names the block of the markdown file (and its
+reference's n_epochs / n_epochs_decay); `--iters` caps it; `--methods`, `--recipes` and
+`--seeds` shrink the study; the report says what ran. `--section` names the block of the markdown file (and its
 figures) that `--docs` rewrites, so studies at several budgets can stand side by side:
 
     python benches/quality.py --out runs/study_5ep --epochs 2 --decay-epochs 3 --eval-freq 1026 \

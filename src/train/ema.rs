@@ -6,10 +6,10 @@
 //! with `β = ema_decay` and `t` the number of updates before this one (the warm-up keeps the
 //! first updates from averaging over the random initial weights; `θ̄` starts as a copy of the
 //! initial `θ`; β itself takes over only at t = (10β − 1)/(1 − β), 8,990 for β = 0.999, so
-//! shorter runs average with the warm-up's β_t). The average smooths the oscillation of adversarial training, so it is the
-//! generator shown in sample grids, scored by evaluations and written by export and
-//! translation; training itself continues on `θ`. Checkpoints keep `θ̄` (keys `G_ema.<name>`)
-//! and `t`, so a resumed run continues the same average.
+//! shorter runs average with the warm-up's β_t). The average smooths the oscillation of
+//! adversarial training, so it is the generator shown in sample grids, scored by evaluations
+//! and written by export and translation; training itself continues on `θ`. Checkpoints keep
+//! `θ̄` (keys `G_ema.<name>`) and `t`, so a resumed run continues the same average.
 use tch::{TchError, Tensor};
 
 use super::parts::Named;
