@@ -3,8 +3,8 @@ CUT (random patches, mode "none") and QS-Attn "global", "local" and "cross", eac
 reference's training ("plain"), with the data-efficient options ("de": DiffAugment of D's
 inputs and the EMA of G) or with the EMA alone ("ema", the main job's), over several seeds, all
 at one budget of iterations. Every run is evaluated during training (FID, KID against testB;
-L1/SSIM against the true counterparts) with best and last checkpoints; the identity and
-real-vs-real baselines are computed here too, with the same protocol. Runs `--parallel`
+L1/SSIM against the true counterparts) with best and last checkpoints; the identity, greyscale
+and real-vs-real baselines are computed here too, with the same protocol. Runs `--parallel`
 trainings at a time, one thread each.
 
     python benches/quality.py --out runs/study                         # train what is missing, then report
@@ -72,17 +72,19 @@ def train_one(args) -> None:
 
 
 def baselines(out: Path, data_name: str) -> dict:
-    path = out / "baselines.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    """The baselines' scores, kept in ``out/baselines.json``; computes those it lacks."""
     import qs_attn
-    from qs_attn.baselines import identity_scores, real_vs_real_scores
+    from qs_attn import baselines as b
 
-    data = qs_attn.bundled_dataset(data_name)
-    cache = out / "eval_cache"
-    result = {"identity": identity_scores(data, cache_dir=cache), "real_vs_real": real_vs_real_scores(data, cache_dir=cache)}
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    path = out / "baselines.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    missing = {k: f for k, f in (("identity", b.identity_scores), ("greyscale", b.greyscale_scores),
+                                  ("real_vs_real", b.real_vs_real_scores)) if k not in result}
+    if missing:
+        data = qs_attn.bundled_dataset(data_name)
+        result.update({k: f(data, cache_dir=out / "eval_cache") for k, f in missing.items()})
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -137,6 +139,10 @@ def report(out: Path) -> str:
         i, r = base["identity"], base["real_vs_real"]
         lines.append(f"| identity (untranslated A) | - | - | - | - | - | {i['fid']:.1f} | {100 * i['kid_mean']:.2f} | "
                      f"{i['l1']:.4f} | {i['ssim']:.4f} |")
+        if "greyscale" in base:
+            g = base["greyscale"]
+            lines.append(f"| greyscale A (colour removed, nothing drawn) | - | - | - | - | - | {g['fid']:.1f} | "
+                         f"{100 * g['kid_mean']:.2f} | {g['l1']:.4f} | {g['ssim']:.4f} |")
         lines.append(f"| real vs real ({r['draws']} draws of trainB) | - | - | - | - | - | {r['fid']:.1f} ± {r['fid_std']:.1f} | "
                      f"{100 * r['kid_mean']:.2f} ± {100 * r['kid_std']:.2f} | - | - |")
     pairs = []
@@ -177,7 +183,7 @@ def report(out: Path) -> str:
 
 def figure(out: Path, png: Path) -> None:
     """Bars: mean ± std over seeds of the last checkpoints' KID and SSIM per cell, with the
-    identity and real-vs-real levels as lines."""
+    identity, greyscale and real-vs-real levels as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,6 +199,8 @@ def figure(out: Path, png: Path) -> None:
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
         ax.bar(range(len(keys)), means, yerr=stds, capsize=4, color=["#888" if k[1] == "plain" else "#2a7" for k in keys])
         ax.axhline(scale * base["identity"][metric], color="r", ls="--", label="identity (untranslated)")
+        if "greyscale" in base:
+            ax.axhline(scale * base["greyscale"][metric], color="k", ls="-.", label="greyscale A")
         if metric == "kid_mean":
             ax.axhline(scale * base["real_vs_real"]["kid_mean"], color="b", ls=":", label="real vs real")
         ax.set_xticks(range(len(keys)), [f"{LABEL[m]}\n{r}" for m, r in keys], fontsize=8)
@@ -289,8 +297,8 @@ def main() -> None:
         write_docs(out, Path(args.docs), args.data, args.section)
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread per process: no oversubscription
-    # the baselines, then every seed of a cell before the next cell (complete cells first)
-    pending = [] if (out / "baselines.json").exists() else [None]
+    # the baselines baselines.json lacks, then every seed of a cell before the next cell (complete cells first)
+    pending = [None]
     pending += [(m, r, s) for m in args.methods.split(",") for r in args.recipes.split(",")
                 for s in map(int, args.seeds.split(",")) if not (out / run_name(m, r, s) / "summary.json").exists()]
     common = [sys.executable, __file__, "--out", str(out), "--data", args.data]
