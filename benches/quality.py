@@ -43,7 +43,7 @@ RECIPES = {
     "plain": {},
     "de": {"diff_augment": "translation,cutout", "ema_decay": 0.999},
     "ema": {"ema_decay": 0.999},
-    # the moving average on a cheaper G: 6 residual blocks instead of 9 (~20% less time per
+    # the moving average on a cheaper G: 6 residual blocks instead of 9 (~14% less time per
     # iteration on 2 CPU cores), so six epochs fit the time of five
     "ema6": {"ema_decay": 0.999, "n_blocks": 6},
 }
