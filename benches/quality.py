@@ -211,7 +211,7 @@ def figure(out: Path, png: Path) -> None:
             ax.axhline(scale * base["real_vs_real"]["kid_mean"], color="b", ls=":", label="real vs real")
         ax.set_xticks(range(len(keys)), [f"{LABEL[m]}\n{r}" for m, r in keys], fontsize=8)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left", framealpha=0.9)  # over the bars' bodies, not their tops
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
