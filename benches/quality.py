@@ -2,10 +2,10 @@
 CUT (random patches, mode "none") and QS-Attn "global", "local" and "cross", each with the
 reference's training ("plain"), with the data-efficient options ("de": DiffAugment of D's
 inputs and the EMA of G), with the EMA alone ("ema", the main job's) or with the EMA on a G of
-6 residual blocks ("ema6"), over several seeds, all at one budget of iterations. Every run is evaluated during training (FID, KID against testB;
-L1/SSIM against the true counterparts) with best and last checkpoints; the identity, greyscale
-and real-vs-real baselines are computed here too, with the same protocol. Runs `--parallel`
-trainings at a time, one thread each.
+6 residual blocks ("ema6"), over several seeds, all at one budget of iterations. Every run is
+evaluated during training (FID, KID against testB; L1/SSIM against the true counterparts) with
+best and last checkpoints; the identity, greyscale and real-vs-real baselines are computed here
+too, with the same protocol. Runs `--parallel` trainings at a time, one thread each.
 
     python benches/quality.py --out runs/study                         # train what is missing, then report
     python benches/quality.py --out runs/study --report                # the tables of what has finished
