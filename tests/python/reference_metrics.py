@@ -1,11 +1,22 @@
 """Independent transcriptions of the evaluation metrics for the tests (no qs_attn import):
 FID from the features' nuclear norm, unbiased polynomial MMD², SSIM and the TF bilinear resize
-with loops, and the StyleGAN grid_sample form of that resize."""
+with loops, the StyleGAN grid_sample form of that resize, and image files decoded by Pillow."""
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+
+def pillow_pixels(path, mode="RGB"):
+    """8-bit values of an image file decoded by Pillow (not our decoder), converted to ``mode``
+    ("RGB", or "L" for Pillow's greyscale repeated in three channels), as a 1×3×H×W float32
+    tensor in [0, 255]."""
+    a = np.asarray(Image.open(path).convert(mode), dtype=np.float32)
+    a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a
+    return torch.from_numpy(a).permute(2, 0, 1)[None]
 
 
 def fid_nuclear(x, y):

@@ -8,22 +8,14 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import qs_attn
 from qs_attn import metrics
 from qs_attn.baselines import greyscale, greyscale_scores, identity_scores, real_vs_real_scores
-from reference_metrics import fid_nuclear
+from reference_metrics import fid_nuclear, pillow_pixels as pixels
 
 BUNDLED = qs_attn.bundled_dataset("emoji_mono")
 PAIRS, TRAIN = 6, 10
-
-
-def pixels(path, mode="RGB"):
-    """8-bit values of an image file (Pillow, not our decoder) as 1×3×H×W float32 in [0, 255]."""
-    a = np.asarray(Image.open(path).convert(mode), dtype=np.float32)
-    a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a
-    return torch.from_numpy(a).permute(2, 0, 1)[None]
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,12 @@ sizes, each checked against the same work done another way."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import qs_attn
 from qs_attn import _native, cli, metrics
-from reference_metrics import fid_nuclear
+from reference_metrics import fid_nuclear, pillow_pixels
 from tiny_run import TINY
 
 BUNDLED = qs_attn.bundled_dataset()
@@ -77,11 +75,6 @@ def test_cli_import_pth_with_the_wrong_width_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def _pixels(path):
-    """8-bit RGB as a 1x3xHxW float tensor in [0, 255], decoded by Pillow (not our decoder)."""
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
-
-
 def _folder(root, split, count):
     folder = root / split
     folder.mkdir(parents=True)
@@ -94,8 +87,8 @@ def test_fid_between_two_folders_python_and_cli(tmp_path, capsys):
     a, b = _folder(tmp_path, "testA", 6), _folder(tmp_path, "testB", 5)
     scores = qs_attn.fid.folder_distance(a, b, kid_subset_size=3)
     extractor = metrics.inception_features()
-    feats_a = extractor(torch.cat([_pixels(p) for p in sorted(a.iterdir())]))
-    feats_b = extractor(torch.cat([_pixels(p) for p in sorted(b.iterdir())]))
+    feats_a = extractor(torch.cat([pillow_pixels(p) for p in sorted(a.iterdir())]))
+    feats_b = extractor(torch.cat([pillow_pixels(p) for p in sorted(b.iterdir())]))
     assert scores["fid"] == pytest.approx(fid_nuclear(feats_a, feats_b), rel=1e-6)
     kid = metrics.kernel_inception_distance(feats_a, feats_b, 100, 3, seed=0)
     assert (scores["kid_mean"], scores["kid_std"]) == pytest.approx(kid, rel=1e-6, abs=1e-9)

@@ -9,23 +9,16 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import qs_attn
 from qs_attn import cli, metrics
 from qs_attn.evaluate import evaluate, evaluate_generator, real_features
-from reference_metrics import fid_nuclear
+from reference_metrics import fid_nuclear, pillow_pixels as pixels
 
 BUNDLED = qs_attn.bundled_dataset()
 HALF_LEVEL = 1 / 255  # half an 8-bit level in [-1, 1] units: truncation then returns the level
-
-
-def pixels(path):
-    """8-bit RGB of an image file as a 1×3×H×W float tensor in [0, 255] (Pillow, not our decoder)."""
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
 
 
 def names(count):
