@@ -15,8 +15,9 @@ Defaults: 4 methods x 2 recipes (plain, de) x 3 seeds = 24 runs of 1,026 iterati
 epoch of the 1,026 training pairs at constant lr, ngf = ndf = 16), evaluated at 513 and 1,026.
 `--epochs` and `--decay-epochs` set the schedule (lr constant, then decaying linearly, as the
 reference's n_epochs / n_epochs_decay); `--iters` caps it; `--methods`, `--recipes` and
-`--seeds` shrink the study; the report says what ran. `--section` names the block of the markdown file (and its
-figures) that `--docs` rewrites, so studies at several budgets can stand side by side:
+`--seeds` shrink the study; the report says what ran. `--section` names the block of the
+markdown file (and its figures) that `--docs` rewrites, so studies at several budgets can stand
+side by side:
 
     python benches/quality.py --out runs/study_5ep --epochs 2 --decay-epochs 3 --eval-freq 1026 \
         --methods global --recipes plain,ema,de                           # the main job's budget
@@ -76,20 +77,27 @@ def train_one(args) -> None:
     (Path(args.out) / name / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
+# the keys of baselines.json; qs_attn.baselines.<key>_scores computes each
+BASELINES = ("identity", "greyscale", "real_vs_real")
+
+
+def stored_baselines(out: Path) -> dict:
+    path = out / "baselines.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def baselines(out: Path, data_name: str) -> dict:
     """The baselines' scores, kept in ``out/baselines.json``; computes those it lacks."""
     import qs_attn
     from qs_attn import baselines as b
 
-    path = out / "baselines.json"
-    result = json.loads(path.read_text()) if path.exists() else {}
-    missing = {k: f for k, f in (("identity", b.identity_scores), ("greyscale", b.greyscale_scores),
-                                  ("real_vs_real", b.real_vs_real_scores)) if k not in result}
+    result = stored_baselines(out)
+    missing = [k for k in BASELINES if k not in result]
     if missing:
         data = qs_attn.bundled_dataset(data_name)
-        result.update({k: f(data, cache_dir=out / "eval_cache") for k, f in missing.items()})
+        result.update({k: getattr(b, f"{k}_scores")(data, cache_dir=out / "eval_cache") for k in missing})
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+        (out / "baselines.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -129,7 +137,7 @@ def fmt(values: list, scale: float, digits: int) -> str:
 
 def report(out: Path) -> str:
     rows = summaries(out)
-    base = json.loads((out / "baselines.json").read_text()) if (out / "baselines.json").exists() else None
+    base = stored_baselines(out) or None
     if not rows and not base:
         return "no finished runs and no baselines yet"
     by = groups(rows)
@@ -196,7 +204,7 @@ def figure(out: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     by = groups(summaries(out))
-    base = json.loads((out / "baselines.json").read_text())
+    base = stored_baselines(out)
     keys = sorted(by, key=lambda k: (METHODS.index(k[0]), k[1]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, (metric, title, scale) in zip(axes, (("kid_mean", "KID ×100 (lower is better)", 100.0), ("ssim", "SSIM to the true drawing (higher is better)", 1.0))):
@@ -303,8 +311,8 @@ def main() -> None:
         write_docs(out, Path(args.docs), args.data, args.section)
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread per process: no oversubscription
-    # the baselines baselines.json lacks, then every seed of a cell before the next cell (complete cells first)
-    pending = [None]
+    # the baselines first if any is missing, then every seed of a cell before the next cell (complete cells first)
+    pending = [None] if any(k not in stored_baselines(out) for k in BASELINES) else []
     pending += [(m, r, s) for m in args.methods.split(",") for r in args.recipes.split(",")
                 for s in map(int, args.seeds.split(",")) if not (out / run_name(m, r, s) / "summary.json").exists()]
     common = [sys.executable, __file__, "--out", str(out), "--data", args.data]
