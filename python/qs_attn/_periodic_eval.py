@@ -2,15 +2,23 @@
 the test split and is scored (FID, KID, L1/SSIM: :func:`qs_attn.evaluate.evaluate_generator`);
 the run keeps ``best.safetensors`` (lowest FID so far, a full training checkpoint) beside
 ``latest.safetensors``, logs every evaluation to ``eval_log.jsonl`` and reports best and last at
-the end, so the gap between the best and the last checkpoint is visible."""
+the end, so the gap between the best and the last checkpoint is visible.
+
+A resumed run's history is the log up to its checkpoint's iteration: evaluations of a
+continuation that resuming from an earlier checkpoint discards are dropped from the log, and a
+``best.safetensors`` saved by such a continuation is kept aside as
+``best_discarded_iter<N>.safetensors`` (nothing is deleted) before the first new evaluation.
+``best.safetensors`` always holds the last evaluation flagged ``best`` in the log; when a
+discarded continuation had overwritten it, "best" restarts at the resume point."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from . import metrics
+from . import _native, metrics
 from .evaluate import evaluate_generator
 
 
@@ -18,20 +26,22 @@ class TrainingEvaluator:
     """Runs the evaluations of one run (on rank 0 of a distributed run only)."""
 
     def __init__(self, run_dir: Path, every: int, data: Optional[Path], size: int,
-                 max_images: Optional[int] = None, kid_subsets: int = 100):
+                 max_images: Optional[int] = None, kid_subsets: int = 100, start: int = 0):
+        """``start``: the iteration the run starts from (its checkpoint's when resumed, else 0)."""
         if every < 1:
             raise ValueError(f"eval_freq must be a positive number of iterations, got {every}")
         metrics.inception_weights_path()  # fails now, with the install command, if the extra is missing
         self.run_dir, self.every, self.data, self.size = run_dir, every, data, size
         self.max_images, self.kid_subsets = max_images, kid_subsets
         self.log = run_dir / "eval_log.jsonl"
-        self.evaluations: List[Dict[str, Any]] = []
-        if self.log.exists():  # a resumed run: its earlier evaluations count for "best"
-            self.evaluations = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-    @property
-    def best(self) -> Optional[Dict[str, Any]]:
-        return min(self.evaluations, key=lambda e: e["fid"], default=None)
+        self.best_file = run_dir / "best.safetensors"
+        logged = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()] if self.log.exists() else []
+        # the files are only rewritten at the first evaluation: until then the run may still be
+        # refused (a fresh run in an occupied directory), and must have changed nothing
+        self.evaluations: List[Dict[str, Any]] = [e for e in logged if e["iter"] <= start]
+        self._log_is_stale = len(self.evaluations) < len(logged)
+        flagged = [e for e in self.evaluations if e.get("best")]
+        self.best = flagged[-1] if flagged and flagged[-1]["iter"] == checkpoint_iteration(self.best_file) else None
 
     def due(self, iteration: int) -> bool:
         return iteration % self.every == 0
@@ -45,15 +55,31 @@ class TrainingEvaluator:
             scores = evaluate_generator(trainer.G, self.data, size=self.size, device=trainer.device,
                                         max_images=self.max_images, kid_subsets=self.kid_subsets,
                                         cache_dir=self.run_dir / "eval_cache")
-        previous_best = self.best
+        self._drop_discarded_history()
         scores = dict(scores, iter=iteration, epoch=trainer.epoch)
         self.evaluations.append(scores)
-        if previous_best is None or scores["fid"] < previous_best["fid"]:
-            trainer.save(self.run_dir / "best.safetensors")
+        if self.best is None or scores["fid"] < self.best["fid"]:
+            trainer.save(self.best_file)
             scores["best"] = True
+            self.best = scores
         with open(self.log, "a") as f:
             f.write(json.dumps(scores) + "\n")
         return scores
+
+    def _drop_discarded_history(self) -> None:
+        """Removes what a discarded continuation left: its log rows (the log is rewritten
+        atomically) and its ``best.safetensors`` (moved aside)."""
+        saved_at = checkpoint_iteration(self.best_file)
+        if saved_at is not None and (self.best is None or saved_at != self.best["iter"]):
+            aside = self.run_dir / f"best_discarded_iter{saved_at}.safetensors"
+            os.replace(self.best_file, aside)
+            print(f"qs_attn: best.safetensors came from iterations this resumed run discards; kept as {aside}",
+                  file=sys.stderr)
+        if self._log_is_stale:
+            tmp = self.log.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in self.evaluations))
+            os.replace(tmp, self.log)
+            self._log_is_stale = False
 
     def report(self) -> str:
         """One line: the best and the last evaluation."""
@@ -68,3 +94,10 @@ class TrainingEvaluator:
         print(f"\nqs_attn: iteration {scores['iter']}: FID {scores['fid']:.2f}, "
               f"KID {scores['kid_mean']:.4f} ± {scores['kid_std']:.4f}{extra}"
               f"{' (new best)' if scores.get('best') else ''}", file=sys.stderr)
+
+
+def checkpoint_iteration(path: Path) -> Optional[int]:
+    """The iteration a checkpoint file was saved at; ``None`` when there is no such file."""
+    if not path.exists():
+        return None
+    return int(_native.read_checkpoint_metadata(str(path))["total_iters"])

@@ -212,7 +212,7 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._eval = TrainingEvaluator(self.run_dir, int(every), Path(data or self.config["dataroot"]),
-                                       int(self.config["crop_size"]), max_images)
+                                       int(self.config["crop_size"]), max_images, start=self.total_iters)
 
     @property
     def evaluations(self) -> List[dict]:

@@ -23,22 +23,31 @@ pub fn check_name(name: &str) -> Result<(), TchError> {
     Ok(())
 }
 
-/// What an earlier run left in `dir`: its checkpoints and its loss log.
+/// The logs of a run: its losses, and its in-training evaluations (written by the Python layer).
+const LOGS: [&str; 2] = ["loss_log.jsonl", "eval_log.jsonl"];
+
+/// What an earlier run left in `dir`: its checkpoints and its (non-empty) logs.
 fn previous_outputs(dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
     let mut found: Vec<String> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| (n.ends_with(".safetensors") && !n.starts_with('.')) || n == "loss_log.jsonl")
-        .filter(|n| n != "loss_log.jsonl" || fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0))
+        .filter(|n| {
+            if LOGS.contains(&n.as_str()) {
+                fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0)
+            } else {
+                n.ends_with(".safetensors") && !n.starts_with('.')
+            }
+        })
         .collect();
     found.sort();
     found
 }
 
 /// Readies `dir` for a run before its first iteration. A fresh run (`resumed_at` None) refuses
-/// a directory that holds an earlier run's checkpoints or log, unless `overwrite` (then they
-/// are removed). A resumed run keeps the rows of its loss log up to iteration `resumed_at`.
+/// a directory that holds an earlier run's checkpoints or logs, unless `overwrite` (then they
+/// are removed). A resumed run keeps the rows of its loss log up to iteration `resumed_at`
+/// (the evaluation log's rows are the evaluator's to trim: `python/qs_attn/_periodic_eval.py`).
 pub fn prepare(dir: &Path, resumed_at: Option<u64>, overwrite: bool) -> Result<(), TchError> {
     match resumed_at {
         Some(iteration) => truncate_log(&dir.join("loss_log.jsonl"), iteration),
