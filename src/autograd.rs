@@ -30,11 +30,8 @@ pub trait AutogradOp: Send + 'static {
     /// Computes the outputs from the (borrowed) inputs. Grad mode is off.
     fn forward(&mut self, ctx: &mut ForwardContext, inputs: &[Tensor]) -> Result<Vec<Tensor>, TchError>;
     /// Gradients of the inputs given the gradients of the outputs (`None` = zero).
-    fn backward(
-        &self,
-        ctx: &BackwardContext,
-        grad_outputs: &[Option<Tensor>],
-    ) -> Result<Vec<Option<Tensor>>, TchError>;
+    fn backward(&self, ctx: &BackwardContext, grad_outputs: &[Option<Tensor>])
+        -> Result<Vec<Option<Tensor>>, TchError>;
     /// Whether `backward` may itself be differentiated: it computes the input gradients with
     /// differentiable tensor operations only (a linear op whose backward is its adjoint, say).
     /// Then it runs in the caller's grad mode, so `create_graph=True` gets a graph through it

@@ -23,7 +23,10 @@ pub unsafe fn from_c(context: &str, msg: *const c_char) -> TchError {
 ///
 /// # Safety
 /// `call` returns a new tensor that the caller owns, or null with the error text set.
-pub unsafe fn tensor_from_c(context: &str, call: impl FnOnce(*mut *const c_char) -> *mut C_tensor) -> Result<Tensor, TchError> {
+pub unsafe fn tensor_from_c(
+    context: &str,
+    call: impl FnOnce(*mut *const c_char) -> *mut C_tensor,
+) -> Result<Tensor, TchError> {
     let mut error: *const c_char = std::ptr::null();
     let p = call(&mut error);
     if p.is_null() {

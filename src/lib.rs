@@ -8,6 +8,6 @@ pub mod error;
 pub mod losses;
 pub mod nets;
 pub mod ops;
+mod python;
 pub mod rng;
 pub mod train;
-mod python;

@@ -41,9 +41,8 @@ pub fn gan_loss(mode: GanMode, pred: &Tensor, target_is_real: bool) -> Result<Te
     match mode {
         // aten's mse_loss, as the reference (nn.MSELoss): one op with its own backward instead
         // of the written-out (pred − label)²; the label is a 0-dim tensor expanded
-        GanMode::Lsgan => {
-            pred.f_mse_loss(&Tensor::f_full([], label, (pred.kind(), pred.device()))?.f_expand_as(pred)?, Reduction::Mean)
-        }
+        GanMode::Lsgan => pred
+            .f_mse_loss(&Tensor::f_full([], label, (pred.kind(), pred.device()))?.f_expand_as(pred)?, Reduction::Mean),
         GanMode::Vanilla => pred.f_binary_cross_entropy_with_logits(
             &pred.f_full_like(label)?,
             None::<Tensor>,

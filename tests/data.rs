@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use image::{ImageBuffer, Luma, Rgb, RgbImage, Rgba};
 use qs_attn::data::image_io::tensor_to_rgb;
+use qs_attn::data::loader::epoch_batches_from;
 use qs_attn::data::loader::unreadable_images;
 use qs_attn::data::transform::{make_multiple_of_4, nearest_multiple_of_4, resize_bicubic};
-use qs_attn::data::loader::epoch_batches_from;
 use qs_attn::data::{
     epoch_batches, load_image, save_grid, save_image, Batch, Direction, LoaderConfig, TransformConfig, UnalignedDataset,
 };
@@ -66,20 +66,11 @@ fn make_dataset(dir: &Path, na: usize, nb: usize, w: u32, h: u32) -> Arc<Unalign
 }
 
 fn loader(batch_size: usize, seed: u64, workers: usize, serial: bool) -> LoaderConfig {
-    LoaderConfig {
-        batch_size,
-        seed,
-        workers,
-        prefetch: 2,
-        serial_batches: serial,
-        shard: (0, 1),
-    }
+    LoaderConfig { batch_size, seed, workers, prefetch: 2, serial_batches: serial, shard: (0, 1) }
 }
 
 fn all_batches(ds: &Arc<UnalignedDataset>, t: TransformConfig, cfg: &LoaderConfig, epoch: u64) -> Vec<Batch> {
-    epoch_batches(Arc::clone(ds), t, cfg, epoch)
-        .map(|b| b.unwrap())
-        .collect()
+    epoch_batches(Arc::clone(ds), t, cfg, epoch).map(|b| b.unwrap()).collect()
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -94,10 +85,7 @@ fn err_msg<T>(r: Result<T, tch::TchError>) -> String {
 }
 
 fn names(paths: &[PathBuf], root: &Path) -> Vec<String> {
-    paths
-        .iter()
-        .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned())
-        .collect()
+    paths.iter().map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned()).collect()
 }
 
 // ------------------------------------------------------------------------------------ folders
@@ -107,19 +95,13 @@ fn missing_or_empty_folder_is_an_error_naming_it() {
     let d = TempDir::new("missing");
     touch(&d.path().join("trainA/x.png"));
     let msg = err_msg(UnalignedDataset::open(d.path(), "train", Direction::AtoB));
-    assert!(
-        msg.contains(&d.path().join("trainB").display().to_string()) && msg.contains("does not exist"),
-        "{msg}"
-    );
+    assert!(msg.contains(&d.path().join("trainB").display().to_string()) && msg.contains("does not exist"), "{msg}");
 
     // a folder holding no image (only other files, and an empty subfolder)
     touch(&d.path().join("trainB/readme.txt"));
     fs::create_dir_all(d.path().join("trainB/empty")).unwrap();
     let msg = err_msg(UnalignedDataset::open(d.path(), "train", Direction::AtoB));
-    assert!(
-        msg.contains(&d.path().join("trainB").display().to_string()) && msg.contains("no images"),
-        "{msg}"
-    );
+    assert!(msg.contains(&d.path().join("trainB").display().to_string()) && msg.contains("no images"), "{msg}");
 
     // a file where the folder should be
     let d2 = TempDir::new("notdir");
@@ -221,34 +203,21 @@ fn every_format_and_colour_type_loads_as_rgb() {
     let d = TempDir::new("formats");
     let p = d.path();
     // grey PNG: replicated
-    ImageBuffer::from_fn(8, 4, |x, _| Luma([(x * 30) as u8]))
-        .save(p.join("grey.png"))
-        .unwrap();
+    ImageBuffer::from_fn(8, 4, |x, _| Luma([(x * 30) as u8])).save(p.join("grey.png")).unwrap();
     // RGBA PNG: alpha dropped, not composited
-    ImageBuffer::from_fn(8, 4, |x, _| {
-        if x == 0 {
-            Rgba([10u8, 20, 30, 0])
-        } else {
-            Rgba([200, 100, 50, 128])
-        }
-    })
-    .save(p.join("rgba.png"))
-    .unwrap();
+    ImageBuffer::from_fn(8, 4, |x, _| if x == 0 { Rgba([10u8, 20, 30, 0]) } else { Rgba([200, 100, 50, 128]) })
+        .save(p.join("rgba.png"))
+        .unwrap();
     // 16-bit RGB PNG: the high byte (as Pillow)
-    ImageBuffer::from_fn(8, 4, |_, _| Rgb([0x8080u16, 0x01FF, 0xFFFF]))
-        .save(p.join("deep.png"))
-        .unwrap();
+    ImageBuffer::from_fn(8, 4, |_, _| Rgb([0x8080u16, 0x01FF, 0xFFFF])).save(p.join("deep.png")).unwrap();
     // 16-bit grey PNG
-    ImageBuffer::from_fn(8, 4, |_, _| Luma([0x4000u16]))
-        .save(p.join("deep_grey.png"))
-        .unwrap();
+    ImageBuffer::from_fn(8, 4, |_, _| Luma([0x4000u16])).save(p.join("deep_grey.png")).unwrap();
     let img = pattern(8, 4, 0);
     for f in ["rgb.bmp", "rgb.webp", "rgb.tiff", "rgb.ppm", "rgb.jpg"] {
         img.save(p.join(f)).unwrap();
     }
     // a PNG named .jpg: the content decides
-    img.save_with_format(p.join("png_named.jpg"), image::ImageFormat::Png)
-        .unwrap();
+    img.save_with_format(p.join("png_named.jpg"), image::ImageFormat::Png).unwrap();
 
     for f in [
         "grey.png",
@@ -273,19 +242,12 @@ fn every_format_and_colour_type_loads_as_rgb() {
     assert_eq!(pixel(&rgba, 5, 2), [200, 100, 50]);
     let deep = load_image(&p.join("deep.png"), None).unwrap();
     assert_eq!(pixel(&deep, 0, 0), [0x80, 0x01, 0xFF]);
-    assert_eq!(
-        pixel(&load_image(&p.join("deep_grey.png"), None).unwrap(), 2, 2),
-        [0x40; 3]
-    );
+    assert_eq!(pixel(&load_image(&p.join("deep_grey.png"), None).unwrap(), 2, 2), [0x40; 3]);
     // lossless formats reproduce the pattern exactly
     for f in ["rgb.bmp", "rgb.webp", "rgb.tiff", "rgb.ppm", "png_named.jpg"] {
         let t = load_image(&p.join(f), None).unwrap();
         for (x, y) in [(0, 0), (7, 3), (3, 2)] {
-            assert_eq!(
-                pixel(&t, x, y),
-                img.get_pixel(x as u32, y as u32).0.map(|v| v as i64),
-                "{f} at {x},{y}"
-            );
+            assert_eq!(pixel(&t, x, y), img.get_pixel(x as u32, y as u32).0.map(|v| v as i64), "{f} at {x},{y}");
         }
     }
     // JPEG: lossy, but close
@@ -353,17 +315,7 @@ fn bicubic_resize_matches_pillow_bit_exactly() {
 #[test]
 fn multiple_of_4_rounds_like_python() {
     // Python round(): halves to even; never below 4
-    for (side, want) in [
-        (256, 256),
-        (5, 4),
-        (6, 8),
-        (7, 8),
-        (10, 8),
-        (14, 16),
-        (2, 4),
-        (1, 4),
-        (9, 8),
-    ] {
+    for (side, want) in [(256, 256), (5, 4), (6, 8), (7, 8), (10, 8), (14, 16), (2, 4), (1, 4), (9, 8)] {
         assert_eq!(nearest_multiple_of_4(side), want, "side {side}");
     }
     assert_eq!(make_multiple_of_4(pattern(10, 6, 0)).dimensions(), (8, 8));
@@ -374,20 +326,10 @@ fn multiple_of_4_rounds_like_python() {
 #[test]
 fn to_tensor_values_are_exact() {
     let d = TempDir::new("values");
-    save(
-        &RgbImage::from_pixel(4, 4, Rgb([255, 0, 128])),
-        &d.path().join("trainA/a.png"),
-    );
-    save(
-        &RgbImage::from_pixel(4, 4, Rgb([1, 254, 127])),
-        &d.path().join("trainB/b.png"),
-    );
+    save(&RgbImage::from_pixel(4, 4, Rgb([255, 0, 128])), &d.path().join("trainA/a.png"));
+    save(&RgbImage::from_pixel(4, 4, Rgb([1, 254, 127])), &d.path().join("trainB/b.png"));
     let ds = Arc::new(UnalignedDataset::open(d.path(), "train", Direction::AtoB).unwrap());
-    let t = TransformConfig {
-        load_size: 4,
-        crop_size: 4,
-        flip: true,
-    };
+    let t = TransformConfig { load_size: 4, crop_size: 4, flip: true };
     let b = all_batches(&ds, t, &loader(1, 0, 0, false), 1).remove(0);
     assert_eq!(b.a.size(), [1, 3, 4, 4]);
     let a = to_vec(&b.a);
@@ -405,28 +347,12 @@ fn to_tensor_values_are_exact() {
 
 #[test]
 fn decay_phase_rule() {
-    let t = TransformConfig {
-        load_size: 286,
-        crop_size: 256,
-        flip: true,
-    };
+    let t = TransformConfig { load_size: 286, crop_size: 256, flip: true };
     assert_eq!(t.for_epoch(200, 200).load_size, 286);
     let d = t.for_epoch(201, 200);
     assert_eq!((d.load_size, d.crop_size, d.flip), (256, 256, true));
-    assert!(TransformConfig {
-        load_size: 4,
-        crop_size: 8,
-        flip: false
-    }
-    .validate()
-    .is_err());
-    assert!(TransformConfig {
-        load_size: 0,
-        crop_size: 0,
-        flip: false
-    }
-    .validate()
-    .is_err());
+    assert!(TransformConfig { load_size: 4, crop_size: 8, flip: false }.validate().is_err());
+    assert!(TransformConfig { load_size: 0, crop_size: 0, flip: false }.validate().is_err());
 }
 
 // ------------------------------------------------------------------------------------ loader
@@ -435,11 +361,7 @@ fn decay_phase_rule() {
 fn tiny_images_are_resized_up_and_cropped() {
     let d = TempDir::new("tiny");
     let ds = make_dataset(d.path(), 2, 3, 5, 7);
-    let t = TransformConfig {
-        load_size: 18,
-        crop_size: 12,
-        flip: true,
-    };
+    let t = TransformConfig { load_size: 18, crop_size: 12, flip: true };
     let batches = all_batches(&ds, t, &loader(3, 7, 2, false), 1);
     assert_eq!(batches.len(), 1);
     for x in [&batches[0].a, &batches[0].b] {
@@ -447,37 +369,17 @@ fn tiny_images_are_resized_up_and_cropped() {
         assert!(x.min().double_value(&[]) >= -1.0 && x.max().double_value(&[]) <= 1.0);
     }
     // a crop size that is not a multiple of 4 is rounded (13 → 12)
-    let t = TransformConfig {
-        load_size: 18,
-        crop_size: 13,
-        flip: false,
-    };
-    assert_eq!(
-        all_batches(&ds, t, &loader(1, 7, 1, false), 1)[0].a.size(),
-        [1, 3, 12, 12]
-    );
+    let t = TransformConfig { load_size: 18, crop_size: 13, flip: false };
+    assert_eq!(all_batches(&ds, t, &loader(1, 7, 1, false), 1)[0].a.size(), [1, 3, 12, 12]);
 }
 
 #[test]
 fn same_seed_and_epoch_give_identical_batches_for_any_worker_count() {
     let d = TempDir::new("determinism");
     let ds = make_dataset(d.path(), 7, 4, 20, 16);
-    let t = TransformConfig {
-        load_size: 20,
-        crop_size: 16,
-        flip: true,
-    };
-    let run = |workers, epoch| {
-        all_batches(
-            &ds,
-            t,
-            &LoaderConfig {
-                prefetch: 3,
-                ..loader(2, 42, workers, false)
-            },
-            epoch,
-        )
-    };
+    let t = TransformConfig { load_size: 20, crop_size: 16, flip: true };
+    let run =
+        |workers, epoch| all_batches(&ds, t, &LoaderConfig { prefetch: 3, ..loader(2, 42, workers, false) }, epoch);
     let one = run(1, 3);
     assert_eq!(one.len(), 3); // 7 items, batches of 2, last dropped
     for other in [run(3, 3), run(0, 3), run(2, 3)] {
@@ -489,10 +391,7 @@ fn same_seed_and_epoch_give_identical_batches_for_any_worker_count() {
     }
     // another epoch: another order and other draws
     let next = run(3, 4);
-    let differs = one
-        .iter()
-        .zip(&next)
-        .any(|(x, y)| x.a_paths != y.a_paths || !x.a.equal(&y.a) || !x.b.equal(&y.b));
+    let differs = one.iter().zip(&next).any(|(x, y)| x.a_paths != y.a_paths || !x.a.equal(&y.a) || !x.b.equal(&y.b));
     assert!(differs);
     // every A file appears at most once per epoch (a permutation of 0..len, here len = |A|)
     let mut seen: Vec<_> = one.iter().flat_map(|b| b.a_paths.clone()).collect();
@@ -516,11 +415,15 @@ fn shards_of_a_data_parallel_run_split_the_single_process_batches() {
         for (r, rank) in ranks.iter().enumerate() {
             assert_eq!(rank.len(), 2);
             let half = whole.a.narrow(0, 2 * r as i64, 2);
-            assert!(rank[k].a.equal(&half) && rank[k].b.equal(&whole.b.narrow(0, 2 * r as i64, 2)), "step {k} rank {r}");
+            assert!(
+                rank[k].a.equal(&half) && rank[k].b.equal(&whole.b.narrow(0, 2 * r as i64, 2)),
+                "step {k} rank {r}"
+            );
             assert_eq!(rank[k].a_paths[..], whole.a_paths[2 * r..2 * r + 2]);
         }
     }
-    let bad = epoch_batches(Arc::clone(&ds), t, &LoaderConfig { shard: (2, 2), ..loader(1, 7, 1, false) }, 1).collect::<Vec<_>>();
+    let bad = epoch_batches(Arc::clone(&ds), t, &LoaderConfig { shard: (2, 2), ..loader(1, 7, 1, false) }, 1)
+        .collect::<Vec<_>>();
     assert!(err_msg(bad.into_iter().next().unwrap()).contains("rank 2"));
 }
 
@@ -531,7 +434,8 @@ fn a_resumed_epoch_starts_at_its_batch() {
     let t = TransformConfig { load_size: 20, crop_size: 16, flip: true };
     let all = all_batches(&ds, t, &loader(1, 3, 2, false), 5);
     for workers in [0, 1, 3] {
-        let rest: Vec<Batch> = epoch_batches_from(Arc::clone(&ds), t, &loader(1, 3, workers, false), 5, 5).map(|b| b.unwrap()).collect();
+        let rest: Vec<Batch> =
+            epoch_batches_from(Arc::clone(&ds), t, &loader(1, 3, workers, false), 5, 5).map(|b| b.unwrap()).collect();
         assert_eq!(rest.len(), 3, "{workers} workers");
         for (x, y) in all[5..].iter().zip(&rest) {
             assert!(x.a.equal(&y.a) && x.b.equal(&y.b));
@@ -544,11 +448,7 @@ fn a_resumed_epoch_starts_at_its_batch() {
 fn serial_batches_pair_a_i_with_b_i_mod_b() {
     let d = TempDir::new("serial");
     let ds = make_dataset(d.path(), 5, 2, 8, 8);
-    let t = TransformConfig {
-        load_size: 8,
-        crop_size: 8,
-        flip: false,
-    };
+    let t = TransformConfig { load_size: 8, crop_size: 8, flip: false };
     let batches = all_batches(&ds, t, &loader(1, 1, 2, true), 1);
     assert_eq!(batches.len(), 5);
     for (i, b) in batches.iter().enumerate() {
@@ -574,11 +474,7 @@ fn flip_gives_flipped_and_unflipped_crops() {
     let plain = load_image(&ds.a[0], Some(12)).unwrap();
     let mirrored = plain.flip([3]);
     assert!(!plain.equal(&mirrored));
-    let t = TransformConfig {
-        load_size: 12,
-        crop_size: 12,
-        flip: true,
-    };
+    let t = TransformConfig { load_size: 12, crop_size: 12, flip: true };
     let batches = all_batches(&ds, t, &loader(1, 5, 2, false), 1);
     assert_eq!(batches.len(), 40);
     let (mut flipped, mut unflipped) = (0, 0);
@@ -591,15 +487,10 @@ fn flip_gives_flipped_and_unflipped_crops() {
             panic!("neither the image nor its mirror");
         }
     }
-    assert!(
-        flipped >= 5 && unflipped >= 5,
-        "flipped {flipped}, unflipped {unflipped}"
-    );
+    assert!(flipped >= 5 && unflipped >= 5, "flipped {flipped}, unflipped {unflipped}");
     // flip off: always the plain image
     let t = TransformConfig { flip: false, ..t };
-    assert!(all_batches(&ds, t, &loader(1, 5, 2, false), 1)
-        .iter()
-        .all(|b| b.a.equal(&plain)));
+    assert!(all_batches(&ds, t, &loader(1, 5, 2, false), 1).iter().all(|b| b.a.equal(&plain)));
 }
 
 #[test]
@@ -608,16 +499,8 @@ fn corrupt_file_is_skipped_with_a_warning_and_replaced() {
     let ds = make_dataset(d.path(), 3, 2, 8, 8);
     // replace a01.png by random bytes
     let bad = ds.a[1].clone();
-    fs::write(
-        &bad,
-        (0..300u32).map(|i| ((i * 2654435761u32) >> 13) as u8).collect::<Vec<_>>(),
-    )
-    .unwrap();
-    let t = TransformConfig {
-        load_size: 8,
-        crop_size: 8,
-        flip: false,
-    };
+    fs::write(&bad, (0..300u32).map(|i| ((i * 2654435761u32) >> 13) as u8).collect::<Vec<_>>()).unwrap();
+    let t = TransformConfig { load_size: 8, crop_size: 8, flip: false };
     for workers in [0, 2] {
         let batches = all_batches(&ds, t, &loader(1, 3, workers, true), 1);
         assert_eq!(batches.len(), 3);
@@ -645,11 +528,7 @@ fn corrupt_file_is_skipped_with_a_warning_and_replaced() {
 fn drop_last_and_num_batches() {
     let d = TempDir::new("droplast");
     let ds = make_dataset(d.path(), 7, 3, 8, 8);
-    let t = TransformConfig {
-        load_size: 8,
-        crop_size: 8,
-        flip: false,
-    };
+    let t = TransformConfig { load_size: 8, crop_size: 8, flip: false };
     for (bs, want) in [(1, 7), (2, 3), (3, 2), (7, 1), (8, 0)] {
         for workers in [0, 4] {
             let it = epoch_batches(Arc::clone(&ds), t, &loader(bs, 0, workers, false), 1);
@@ -663,11 +542,7 @@ fn drop_last_and_num_batches() {
     // invalid configurations: a single error
     let out: Vec<_> = epoch_batches(Arc::clone(&ds), t, &loader(0, 0, 2, false), 1).collect();
     assert!(out.len() == 1 && err_msg(out.into_iter().next().unwrap()).contains("batch_size"));
-    let bad_t = TransformConfig {
-        load_size: 8,
-        crop_size: 16,
-        flip: false,
-    };
+    let bad_t = TransformConfig { load_size: 8, crop_size: 16, flip: false };
     let out: Vec<_> = epoch_batches(Arc::clone(&ds), bad_t, &loader(1, 0, 2, false), 1).collect();
     assert!(out.len() == 1 && err_msg(out.into_iter().next().unwrap()).contains("crop_size"));
 }
@@ -676,19 +551,8 @@ fn drop_last_and_num_batches() {
 fn dropping_the_iterator_early_stops_the_workers_promptly() {
     let d = TempDir::new("dropearly");
     let ds = make_dataset(d.path(), 60, 4, 64, 64);
-    let t = TransformConfig {
-        load_size: 96,
-        crop_size: 64,
-        flip: true,
-    };
-    let cfg = LoaderConfig {
-        batch_size: 1,
-        seed: 0,
-        workers: 3,
-        prefetch: 2,
-        serial_batches: false,
-        shard: (0, 1),
-    };
+    let t = TransformConfig { load_size: 96, crop_size: 64, flip: true };
+    let cfg = LoaderConfig { batch_size: 1, seed: 0, workers: 3, prefetch: 2, serial_batches: false, shard: (0, 1) };
     let start = Instant::now();
     let full = epoch_batches(Arc::clone(&ds), t, &cfg, 1).count();
     let full_time = start.elapsed();
@@ -704,15 +568,10 @@ fn dropping_the_iterator_early_stops_the_workers_promptly() {
         drop(it); // stops and joins the workers
         tx.send((first, start.elapsed())).unwrap();
     });
-    let (first, early) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("dropping the iterator hung");
+    let (first, early) = rx.recv_timeout(Duration::from_secs(30)).expect("dropping the iterator hung");
     assert!(first);
     assert!(early < Duration::from_secs(5), "dropping took {early:?}");
-    assert!(
-        early < full_time || early < Duration::from_millis(200),
-        "early {early:?} vs full {full_time:?}"
-    );
+    assert!(early < full_time || early < Duration::from_millis(200), "early {early:?} vs full {full_time:?}");
     // never started: dropping right away is fine too
     drop(epoch_batches(ds, t, &cfg, 2));
 }
@@ -726,10 +585,7 @@ fn save_image_truncates_like_the_reference() {
     let v = 127.9f32 / 255.0 * 2.0 - 1.0;
     assert!((((v + 1.0) / 2.0 * 255.0) - 127.9).abs() < 1e-3);
     let vals = [v, 1.0, -1.0, 2.0, -3.0, 0.999, f32::NAN];
-    let t = Tensor::from_slice(&vals)
-        .view([1, 7])
-        .expand([3, 1, 7], false)
-        .contiguous();
+    let t = Tensor::from_slice(&vals).view([1, 7]).expand([3, 1, 7], false).contiguous();
     let path = d.path().join("sub/dir/out.png");
     save_image(&t, &path).unwrap();
     let back = image::open(&path).unwrap().to_rgb8();
@@ -792,14 +648,7 @@ fn save_grid_lays_out_rows_with_white_gaps() {
     assert_eq!(g.get_pixel(2, 7).0, [0; 3]); // row 1, image 0
     assert_eq!(g.get_pixel(9, 8).0, [255; 3]); // short row padded white
                                                // mismatched sizes and empty input are errors
-    assert!(save_grid(
-        &[vec![
-            img(0.0),
-            Tensor::zeros([3, 2, 2], (Kind::Float, tch::Device::Cpu))
-        ]],
-        &path
-    )
-    .is_err());
+    assert!(save_grid(&[vec![img(0.0), Tensor::zeros([3, 2, 2], (Kind::Float, tch::Device::Cpu))]], &path).is_err());
     assert!(save_grid(&[], &path).is_err());
     assert!(save_grid(&[vec![]], &path).is_err());
 }

@@ -129,7 +129,8 @@ fn patch_nce_groups_in_one_pass_equal_one_call_per_group() {
     let nce = PatchNce { tau: 0.07 };
     let rows = |seed: i64, n: i64| (randn(seed, &[2 * n, 8]) * 0.5).set_requires_grad(true);
     for shapes in [[4i64, 4, 4], [4, 3, 4]] {
-        let groups: Vec<(Tensor, Tensor)> = shapes.iter().enumerate().map(|(g, &n)| (rows(2 * g as i64, n), rows(2 * g as i64 + 1, n))).collect();
+        let groups: Vec<(Tensor, Tensor)> =
+            shapes.iter().enumerate().map(|(g, &n)| (rows(2 * g as i64, n), rows(2 * g as i64 + 1, n))).collect();
         let together = nce.losses(&groups, 2).unwrap();
         assert_eq!(together.size(), [3]);
         let weights = Tensor::from_slice(&[1.0f64, -2.0, 0.5]);

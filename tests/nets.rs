@@ -3,11 +3,11 @@
 //! layer behaviour against direct tch computations, and the projector's sampling contract.
 use std::collections::BTreeSet;
 
+use qs_attn::nets::projector::StackedTerms;
 use qs_attn::nets::{
     init_weights, Discriminator, DiscriminatorConfig, Down, Generator, GeneratorConfig, InitType, Projector,
     ProjectorConfig, SlotSample, Up,
 };
-use qs_attn::nets::projector::StackedTerms;
 use qs_attn::ops::{self, LocalLayout, PatchSampler, QsMode};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -50,9 +50,9 @@ fn filt_keys(idx: &[usize]) -> Vec<String> {
 /// `model.{i}.conv_block.{1,5}.weight|bias` for each ResBlock index.
 fn block_keys(idx: std::ops::RangeInclusive<usize>) -> Vec<String> {
     idx.flat_map(|i| {
-        [1, 5].into_iter().flat_map(move |j| {
-            [format!("model.{i}.conv_block.{j}.weight"), format!("model.{i}.conv_block.{j}.bias")]
-        })
+        [1, 5]
+            .into_iter()
+            .flat_map(move |j| [format!("model.{i}.conv_block.{j}.weight"), format!("model.{i}.conv_block.{j}.bias")])
     })
     .collect()
 }
@@ -83,7 +83,15 @@ fn small_generator(no_antialias: bool, no_antialias_up: bool) -> GeneratorConfig
 fn reflect_pad_by_index(x: &Tensor, n: i64) -> Tensor {
     let reflect = |len: i64| -> Tensor {
         let idx: Vec<i64> = (-n..len + n)
-            .map(|i| if i < 0 { -i } else if i >= len { 2 * (len - 1) - i } else { i })
+            .map(|i| {
+                if i < 0 {
+                    -i
+                } else if i >= len {
+                    2 * (len - 1) - i
+                } else {
+                    i
+                }
+            })
             .collect();
         Tensor::from_slice(&idx)
     };
@@ -129,11 +137,8 @@ fn parameter_counts_match_t1() {
 #[test]
 fn generator_keys_are_the_reference_state_dict() {
     let (vs, _) = generator(&GeneratorConfig::default());
-    let expected = key_set(&[
-        conv_keys("model", &[1, 4, 8, 22, 26, 30]),
-        filt_keys(&[7, 11, 21, 25]),
-        block_keys(12..=20),
-    ]);
+    let expected =
+        key_set(&[conv_keys("model", &[1, 4, 8, 22, 26, 30]), filt_keys(&[7, 11, 21, 25]), block_keys(12..=20)]);
     assert_eq!(names(&vs), expected);
 
     // Shapes of a few keys, and the filters are buffers, not parameters.
@@ -259,7 +264,10 @@ fn gradients_reach_every_weight_but_not_the_filters() {
                 assert!(!t.requires_grad(), "{name} must not be trainable");
             } else {
                 let grad = t.grad();
-                assert!(grad.defined() && grad.abs().sum(Kind::Double).double_value(&[]) > 0.0, "{name} has no gradient");
+                assert!(
+                    grad.defined() && grad.abs().sum(Kind::Double).double_value(&[]) > 0.0,
+                    "{name} has no gradient"
+                );
             }
         }
     }
@@ -727,7 +735,8 @@ fn projector_terms_in_one_pass_equal_separate_calls() {
         (0..CHANNELS.len()).map(|s| Tensor::cat(&[&pick(&terms[0])[s], &pick(&terms[1])[s]], 0)).collect()
     };
     let (feat_k, feat_q) = (stacked(|t| &t.0), stacked(|t| &t.1));
-    for (mode, per_image) in [(None, false), (Some(QsMode::Global), false), (Some(QsMode::Global), true), (Some(QsMode::Local), false)]
+    for (mode, per_image) in
+        [(None, false), (Some(QsMode::Global), false), (Some(QsMode::Global), true), (Some(QsMode::Local), false)]
     {
         let cfg = ProjectorConfig { per_image_ids: per_image, ..projector_config(16, mode, vec![2]) };
         let (_, f) = projector(&cfg);
@@ -748,9 +757,9 @@ fn projector_terms_in_one_pass_equal_separate_calls() {
     // injected ids per term, shared (N,) for one term and per image (B, N) for the other
     let (_, f) = projector(&projector_config(16, Some(QsMode::Global), vec![2]));
     let shared = [Some(Tensor::from_slice(&[0i64, 5, 9])), Some(Tensor::from_slice(&[1i64, 2, 3])), None];
-    let per_image = [Some(Tensor::from_slice(&[4i64, 2, 7, 8, 1, 0]).view([2, 3])), Some(Tensor::from_slice(&[6i64, 5, 4])), None];
-    let stacked =
-        StackedTerms { feat_k: &feat_k, feat_q: &feat_q, images: 2, ids: &[Some(&shared), Some(&per_image)] };
+    let per_image =
+        [Some(Tensor::from_slice(&[4i64, 2, 7, 8, 1, 0]).view([2, 3])), Some(Tensor::from_slice(&[6i64, 5, 4])), None];
+    let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, images: 2, ids: &[Some(&shared), Some(&per_image)] };
     let together = f.keys_and_queries_of_terms(&stacked, 3, &mut PatchSampler::new(1)).unwrap();
     for (t, ((src, _), ids)) in terms.iter().zip([&shared, &per_image]).enumerate() {
         let (keys, _) = f.sample_source(src, 3, &mut PatchSampler::new(1), Some(ids)).unwrap();
@@ -806,7 +815,9 @@ fn fused_instance_norm_relu_keeps_a_low_precision_input_dtype() {
     // statistics written into preallocated rows of the dtype aten gives them)
     for (shape, channels_last) in [([1i64, 4, 6, 6], false), ([3, 4, 6, 6], true)] {
         let x32 = seeded(7, || Tensor::randn(shape, (Kind::Float, Device::Cpu)));
-        let x = if channels_last { nhwc(&x32) } else { x32.shallow_clone() }.to_kind(Kind::BFloat16).set_requires_grad(true);
+        let x = if channels_last { nhwc(&x32) } else { x32.shallow_clone() }
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
         let y = instance_norm_relu(&x, 1e-5).unwrap();
         assert_eq!(y.kind(), Kind::BFloat16);
         assert_eq!(is_nhwc(&y), channels_last, "{shape:?}: the output keeps the input's layout");
@@ -928,13 +939,18 @@ fn l2_normalized_rows_and_their_gradient_are_the_written_out_form() {
     let (u_ref, dv_ref) = run(&by_hand, &v0);
     assert_close("rows", &u_ours, &u_ref, 1e-15);
     assert_close("gradient", &dv_ours, &dv_ref, 1e-9 * dv_ref.abs().max().double_value(&[]));
-    assert!(dv_ref.get(1).abs().max().double_value(&[]) > 1e3, "the tiny row's gradient is large: the check is not vacuous");
+    assert!(
+        dv_ref.get(1).abs().max().double_value(&[]) > 1e3,
+        "the tiny row's gradient is large: the check is not vacuous"
+    );
     // a zero row: no gradient there (NaN in both forms), the other rows unaffected
     let _ = v0.get(2).f_zero_().unwrap();
     let (u_ours, dv_ours) = run(&|v| l2_normalize_rows(v, 1e-7).unwrap(), &v0);
     let (u_ref, dv_ref) = run(&by_hand, &v0);
     assert_close("rows with a zero row", &u_ours, &u_ref, 1e-15);
-    assert!(bool::try_from(dv_ours.get(2).isnan().all()).unwrap() && bool::try_from(dv_ref.get(2).isnan().all()).unwrap());
+    assert!(
+        bool::try_from(dv_ours.get(2).isnan().all()).unwrap() && bool::try_from(dv_ref.get(2).isnan().all()).unwrap()
+    );
     let others = Tensor::from_slice(&[0i64, 1, 3, 4, 5]);
     let (a, b) = (dv_ours.index_select(0, &others), dv_ref.index_select(0, &others));
     assert_close("other rows' gradient", &a, &b, 1e-9 * b.abs().max().double_value(&[]));
@@ -944,7 +960,9 @@ fn l2_normalized_rows_and_their_gradient_are_the_written_out_form() {
 #[test]
 fn padding_nodes_keep_a_low_precision_dtype_and_reject_bad_shapes() {
     use qs_attn::nets::pad::{pad2d, PadMode};
-    let x = seeded(16, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);
+    let x = seeded(16, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu)))
+        .to_kind(Kind::BFloat16)
+        .set_requires_grad(true);
     let y = pad2d(&x, PadMode::Reflection, 1).unwrap();
     assert_eq!(y.kind(), Kind::BFloat16);
     y.to_kind(Kind::Float).sum(Kind::Float).backward();
@@ -1037,7 +1055,9 @@ fn resampling_nodes_keep_a_low_precision_dtype_and_reject_bad_shapes() {
     let steps: [(&str, &dyn Fn(&Tensor) -> Result<Tensor, tch::TchError>); 2] =
         [("Down", &|x| down.f_forward(x)), ("Up", &|x| up.f_forward(x))];
     for (name, step) in steps {
-        let x = seeded(26, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu))).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let x = seeded(26, || Tensor::randn([1, 2, 4, 4], (Kind::Float, Device::Cpu)))
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
         let y = step(&x).unwrap();
         assert_eq!(y.kind(), Kind::BFloat16, "{name}");
         y.to_kind(Kind::Float).sum(Kind::Float).backward();
@@ -1074,7 +1094,12 @@ fn resampling_nodes_under_autocast_compute_as_the_plain_ops_would() {
         assert_close(&format!("{name}: values"), &y_ours, &y_ref, 0.0);
         assert_eq!(dx_ours.kind(), Kind::Float, "{name}");
         // both gradients are bfloat16 products cast up; their accumulation order may differ
-        assert_close(&format!("{name}: input gradient"), &dx_ours, &dx_ref, 0.02 * dx_ref.abs().max().double_value(&[]));
+        assert_close(
+            &format!("{name}: input gradient"),
+            &dx_ours,
+            &dx_ref,
+            0.02 * dx_ref.abs().max().double_value(&[]),
+        );
     }
 }
 
@@ -1086,7 +1111,13 @@ fn resampling_nodes_under_autocast_compute_as_the_plain_ops_would() {
 /// and (for a channels-last upstream gradient) its input gradient are channels-last, and both
 /// equal the reference's within `tol`; with an NCHW upstream gradient the input gradient is
 /// equal as well.
-fn check_channels_last(name: &str, shape: &[i64], op: &dyn Fn(&Tensor) -> Tensor, reference: &dyn Fn(&Tensor) -> Tensor, tol: f64) {
+fn check_channels_last(
+    name: &str,
+    shape: &[i64],
+    op: &dyn Fn(&Tensor) -> Tensor,
+    reference: &dyn Fn(&Tensor) -> Tensor,
+    tol: f64,
+) {
     let x0 = seeded(31, || Tensor::randn(shape, (Kind::Double, Device::Cpu)));
     let y_ref_shape = reference(&x0).size();
     let upstream = seeded(32, || Tensor::randn(y_ref_shape.as_slice(), (Kind::Double, Device::Cpu)));
@@ -1103,7 +1134,12 @@ fn check_channels_last(name: &str, shape: &[i64], op: &dyn Fn(&Tensor) -> Tensor
         if upstream_nhwc {
             assert!(is_nhwc(&x_ours.grad()), "{name}: the input gradient is channels-last");
         }
-        assert_close(&format!("{name}: input gradient (NHWC upstream: {upstream_nhwc})"), &x_ours.grad(), &x_ref.grad(), tol);
+        assert_close(
+            &format!("{name}: input gradient (NHWC upstream: {upstream_nhwc})"),
+            &x_ours.grad(),
+            &x_ref.grad(),
+            tol,
+        );
     }
 }
 
@@ -1111,8 +1147,20 @@ fn check_channels_last(name: &str, shape: &[i64], op: &dyn Fn(&Tensor) -> Tensor
 fn padding_keeps_the_channels_last_layout() {
     use qs_attn::nets::pad::{pad2d, PadMode};
     for n in [1i64, 3] {
-        check_channels_last(&format!("reflection {n}"), &[2, 5, 6, 7], &|x| pad2d(x, PadMode::Reflection, n).unwrap(), &|x| reflect_pad_by_index(x, n), 1e-12);
-        check_channels_last(&format!("replication {n}"), &[2, 5, 6, 7], &|x| pad2d(x, PadMode::Replication, n).unwrap(), &|x| replicate_pad_by_index(x, n), 1e-12);
+        check_channels_last(
+            &format!("reflection {n}"),
+            &[2, 5, 6, 7],
+            &|x| pad2d(x, PadMode::Reflection, n).unwrap(),
+            &|x| reflect_pad_by_index(x, n),
+            1e-12,
+        );
+        check_channels_last(
+            &format!("replication {n}"),
+            &[2, 5, 6, 7],
+            &|x| pad2d(x, PadMode::Replication, n).unwrap(),
+            &|x| replicate_pad_by_index(x, n),
+            1e-12,
+        );
     }
     // without a gradient (the plain aten path)
     let x = nhwc(&seeded(33, || Tensor::randn([2, 5, 6, 7], (Kind::Float, Device::Cpu))));
@@ -1135,8 +1183,20 @@ fn instance_norms_keep_the_channels_last_layout() {
     let relu_by_hand = |x: &Tensor| instance_norm_by_hand(x).relu();
     // several images (normalised image by image) and one (the whole-batch view)
     for shape in [[3i64, 4, 5, 6], [1, 4, 5, 6]] {
-        check_channels_last(&format!("norm + ReLU {shape:?}"), &shape, &|x| instance_norm_relu(x, 1e-5).unwrap(), &relu_by_hand, 1e-10);
-        check_channels_last(&format!("norm {shape:?}"), &shape, &|x| instance_norm(x, 1e-5).unwrap(), &norm_by_hand, 1e-10);
+        check_channels_last(
+            &format!("norm + ReLU {shape:?}"),
+            &shape,
+            &|x| instance_norm_relu(x, 1e-5).unwrap(),
+            &relu_by_hand,
+            1e-10,
+        );
+        check_channels_last(
+            &format!("norm {shape:?}"),
+            &shape,
+            &|x| instance_norm(x, 1e-5).unwrap(),
+            &norm_by_hand,
+            1e-10,
+        );
     }
 }
 
@@ -1187,20 +1247,32 @@ fn projector_rows_of_channels_last_maps_equal_the_nchw_ones_and_keep_the_layout(
         let mut sampler = PatchSampler::new(9);
         let (_, samples) = f.sample_source(&maps(50), 12, &mut sampler, None).unwrap();
         let run = |channels_last: bool| {
-            let feats: Vec<Tensor> =
-                maps(60).iter().map(|m| if channels_last { nhwc(m) } else { m.copy() }.set_requires_grad(true)).collect();
+            let feats: Vec<Tensor> = maps(60)
+                .iter()
+                .map(|m| if channels_last { nhwc(m) } else { m.copy() }.set_requires_grad(true))
+                .collect();
             let rows = f.sample_target(&feats, &samples).unwrap();
-            let loss: Tensor = rows.iter().enumerate().map(|(s, r)| (r * (s as f64 + 1.0)).sin().sum(Kind::Float)).sum();
+            let loss: Tensor =
+                rows.iter().enumerate().map(|(s, r)| (r * (s as f64 + 1.0)).sin().sum(Kind::Float)).sum();
             loss.backward();
             (rows, feats.iter().map(|m| m.grad()).collect::<Vec<_>>())
         };
         let ((rows_nchw, grads_nchw), (rows_nhwc, grads_nhwc)) = (run(false), run(true));
         for s in 0..rows_nchw.len() {
-            assert_close(&format!("rows of slot {s} (per-image ids: {per_image_ids})"), &rows_nhwc[s], &rows_nchw[s], 1e-6);
+            assert_close(
+                &format!("rows of slot {s} (per-image ids: {per_image_ids})"),
+                &rows_nhwc[s],
+                &rows_nchw[s],
+                1e-6,
+            );
             assert_close(&format!("map gradient of slot {s}"), &grads_nhwc[s], &grads_nchw[s], 1e-6);
             assert!(grads_nchw[s].is_contiguous(), "slot {s}: NCHW gradient for an NCHW map");
             // (slot 0 has C = 3 > 1, so NHWC differs from NCHW for every slot)
-            assert!(is_nhwc(&grads_nhwc[s]), "slot {s}: NHWC gradient for a channels-last map, strides {:?}", grads_nhwc[s].stride());
+            assert!(
+                is_nhwc(&grads_nhwc[s]),
+                "slot {s}: NHWC gradient for a channels-last map, strides {:?}",
+                grads_nhwc[s].stride()
+            );
         }
     }
 }

@@ -217,8 +217,11 @@ fn routing_gradients_keep_the_maps_layout() {
             let (src, tgt) = (layout(&src0), layout(&tgt0));
             let sel = ops::qs_select(&src, 7, mode, 3, LocalLayout::Geometric, false).unwrap();
             let keys = ops::qs_route(&src, &sel).unwrap();
-            let queries =
-                if mode == QsMode::Cross { ops::qs_cross_route(&tgt, &sel).unwrap() } else { ops::qs_route(&tgt, &sel).unwrap() };
+            let queries = if mode == QsMode::Cross {
+                ops::qs_cross_route(&tgt, &sel).unwrap()
+            } else {
+                ops::qs_route(&tgt, &sel).unwrap()
+            };
             let mut outs = vec![keys, queries];
             outs.push(sel.attn().unwrap()); // the selected attention rows, a differentiable value of their own
             let g = grads(&weighted_sum(&outs.iter().collect::<Vec<_>>()), &[&src, &tgt]);
@@ -232,7 +235,11 @@ fn routing_gradients_keep_the_maps_layout() {
         for (map, (a, b)) in ["source", "target"].iter().zip(g_nhwc.iter().zip(&g_nchw)) {
             assert_close(&format!("{mode:?}: {map} map gradient"), a, b, TOL);
             assert!(b.is_contiguous(), "{mode:?}: NCHW gradient for the NCHW {map} map, strides {:?}", b.stride());
-            assert!(is_nhwc(a), "{mode:?}: channels-last gradient for the channels-last {map} map, strides {:?}", a.stride());
+            assert!(
+                is_nhwc(a),
+                "{mode:?}: channels-last gradient for the channels-last {map} map, strides {:?}",
+                a.stride()
+            );
         }
     }
 }
@@ -243,7 +250,9 @@ fn bad_inputs_are_errors_not_panics() {
     let msg = |r: Result<ops::Selection, tch::TchError>| r.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg(ops::qs_select(&f, 17, QsMode::Global, 7, LocalLayout::Geometric, false)).contains("num_patches"));
     assert!(msg(ops::qs_select(&f, 4, QsMode::Local, 4, LocalLayout::Geometric, false)).contains("odd"));
-    assert!(msg(ops::qs_select(&f.view([3, 4, 4]), 4, QsMode::Global, 7, LocalLayout::Geometric, false)).contains("4-D"));
+    assert!(
+        msg(ops::qs_select(&f.view([3, 4, 4]), 4, QsMode::Global, 7, LocalLayout::Geometric, false)).contains("4-D")
+    );
     let ints = f.to_kind(Kind::Int64);
     assert!(msg(ops::qs_select(&ints, 4, QsMode::Global, 7, LocalLayout::Geometric, false)).contains("floating"));
     let q = Tensor::zeros([8, 4], (Kind::Float, tch::Device::Cpu));
@@ -265,14 +274,16 @@ fn cuda_results_match_cpu_when_available() {
     let run = |s: &Tensor, t: &Tensor, mode: QsMode| {
         let sel = ops::qs_select(s, 16, mode, 3, LocalLayout::Reference, false).unwrap();
         let k = ops::qs_route(s, &sel).unwrap();
-        let q = if mode == QsMode::Cross { ops::qs_cross_route(t, &sel).unwrap() } else { ops::qs_route(t, &sel).unwrap() };
+        let q =
+            if mode == QsMode::Cross { ops::qs_cross_route(t, &sel).unwrap() } else { ops::qs_route(t, &sel).unwrap() };
         let loss = ops::patch_nce_loss(&q.flatten(0, 1), &k.flatten(0, 1), 0.07, 2, Reduction::Mean, true).unwrap();
         let g = grads(&loss, &[s, t]);
         (sel.indices.to_device(tch::Device::Cpu), loss.to_device(tch::Device::Cpu), g)
     };
     for mode in [QsMode::Global, QsMode::Local, QsMode::LocalGlobal, QsMode::Cross] {
         let (idx_cpu, loss_cpu, g_cpu) = run(&src, &tgt, mode);
-        let (s, t) = (src.detach().to_device(dev).set_requires_grad(true), tgt.detach().to_device(dev).set_requires_grad(true));
+        let (s, t) =
+            (src.detach().to_device(dev).set_requires_grad(true), tgt.detach().to_device(dev).set_requires_grad(true));
         let (idx_gpu, loss_gpu, g_gpu) = run(&s, &t, mode);
         assert_eq!(idx_cpu, idx_gpu, "{mode:?}");
         assert_close("loss", &loss_gpu, &loss_cpu, 1e-9);

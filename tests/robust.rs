@@ -53,7 +53,10 @@ fn patch_ids_equal_the_dense_permutation_and_need_no_memory_of_p() {
 }
 
 fn tiny_checkpoint(path: &Path) {
-    let tensors = vec![("w".to_string(), Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4])), ("n".to_string(), Tensor::from(5i64))];
+    let tensors = vec![
+        ("w".to_string(), Tensor::arange(12, (Kind::Float, Device::Cpu)).view([3, 4])),
+        ("n".to_string(), Tensor::from(5i64)),
+    ];
     checkpoint::file::save(path, &tensors, HashMap::from([("format".to_string(), "test".to_string())])).unwrap();
 }
 
@@ -88,7 +91,8 @@ fn a_killed_save_leaves_a_temp_file_that_the_next_save_removes() {
 
 /// A small RGB image encoded as `format` by the image crate.
 fn encoded(format: image::ImageFormat) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x * y) % 251) as u8]));
+    let img =
+        image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x * y) % 251) as u8]));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, format).unwrap();
     out.into_inner()
@@ -181,7 +185,8 @@ fn the_guard_names_the_first_nonfinite_term_and_its_iteration() {
     let grads = vec![Tensor::ones([3, 3], (Kind::Float, Device::Cpu)), Tensor::from_slice(&[0.0f32, f32::NAN])];
     assert_eq!(guard::any_nonfinite(&grads).unwrap().int64_value(&[]), 1);
     assert_eq!(guard::any_nonfinite(&grads[..1]).unwrap().int64_value(&[]), 0);
-    let named = vec![("G.w".to_string(), grads[0].shallow_clone()), ("opt_G.exp_avg.w".to_string(), grads[1].shallow_clone())];
+    let named =
+        vec![("G.w".to_string(), grads[0].shallow_clone()), ("opt_G.exp_avg.w".to_string(), grads[1].shallow_clone())];
     let err = guard::ensure_finite(&named).unwrap_err().to_string();
     assert!(err.contains("opt_G.exp_avg.w"), "{err}");
 }

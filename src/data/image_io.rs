@@ -28,15 +28,9 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage, TchError> {
     };
     match catch_unwind(AssertUnwindSafe(decode)) {
         Ok(Ok(img)) if img.width() > 0 && img.height() > 0 => Ok(to_rgb(img)),
-        Ok(Ok(_)) => Err(invalid(format!(
-            "cannot read image {}: it has no pixels",
-            path.display()
-        ))),
+        Ok(Ok(_)) => Err(invalid(format!("cannot read image {}: it has no pixels", path.display()))),
         Ok(Err(e)) => Err(invalid(format!("cannot read image {}: {e}", path.display()))),
-        Err(_) => Err(invalid(format!(
-            "cannot read image {}: the decoder failed",
-            path.display()
-        ))),
+        Err(_) => Err(invalid(format!("cannot read image {}: the decoder failed", path.display()))),
     }
 }
 
@@ -60,33 +54,16 @@ pub fn tensor_to_rgb(t: &Tensor) -> Result<RgbImage, TchError> {
     let t = match t.dim() {
         3 => t.shallow_clone(),
         4 if t.size()[0] >= 1 => t.get(0),
-        _ => {
-            return Err(invalid(format!(
-                "expected an image tensor of shape 3×H×W or N×3×H×W, got {:?}",
-                t.size()
-            )))
-        }
+        _ => return Err(invalid(format!("expected an image tensor of shape 3×H×W or N×3×H×W, got {:?}", t.size()))),
     };
     let (c, h, w) = match t.size()[..] {
         [c, h, w] if (c == 3 || c == 1) && h > 0 && w > 0 => (c as usize, h as usize, w as usize),
-        ref s => {
-            return Err(invalid(format!(
-                "expected 1 or 3 channels and a non-empty image, got shape {s:?}"
-            )))
-        }
+        ref s => return Err(invalid(format!("expected 1 or 3 channels and a non-empty image, got shape {s:?}"))),
     };
     if !matches!(t.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-        return Err(invalid(format!(
-            "expected a floating-point image tensor, got {:?}",
-            t.kind()
-        )));
+        return Err(invalid(format!("expected a floating-point image tensor, got {:?}", t.kind())));
     }
-    let t = t
-        .detach()
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
-        .clamp(-1.0, 1.0)
-        .contiguous();
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).clamp(-1.0, 1.0).contiguous();
     let v = Vec::<f32>::try_from(t.view([-1]))?;
     let plane = h * w;
     let mut raw = Vec::with_capacity(3 * plane);
@@ -123,10 +100,8 @@ pub fn save_grid(rows: &[Vec<Tensor>], path: &Path) -> Result<(), TchError> {
     if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
         return Err(invalid("save_grid: every row needs at least one image"));
     }
-    let cells: Vec<Vec<RgbImage>> = rows
-        .iter()
-        .map(|r| r.iter().map(tensor_to_rgb).collect::<Result<_, _>>())
-        .collect::<Result<_, _>>()?;
+    let cells: Vec<Vec<RgbImage>> =
+        rows.iter().map(|r| r.iter().map(tensor_to_rgb).collect::<Result<_, _>>()).collect::<Result<_, _>>()?;
     let (w, h) = cells[0][0].dimensions();
     if let Some(bad) = cells.iter().flatten().find(|c| c.dimensions() != (w, h)) {
         return Err(invalid(format!(

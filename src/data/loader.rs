@@ -29,8 +29,8 @@ use tch::{TchError, Tensor};
 use super::dataset::UnalignedDataset;
 use super::image_io::decode_rgb;
 use super::transform::{augment, push_chw, TransformConfig};
-use crate::rng::SplitMix64;
 use crate::error::{invalid, message};
+use crate::rng::SplitMix64;
 
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -62,10 +62,7 @@ static UNREADABLE: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// The files the loader has found unreadable and skipped so far in this process, sorted.
 pub fn unreadable_images() -> Vec<PathBuf> {
-    UNREADABLE
-        .lock()
-        .map(|s| s.iter().cloned().collect())
-        .unwrap_or_default()
+    UNREADABLE.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
 }
 
 fn known_unreadable(path: &Path) -> bool {
@@ -74,16 +71,9 @@ fn known_unreadable(path: &Path) -> bool {
 
 /// Records an unreadable file; the first time, warns on stderr.
 fn mark_unreadable(path: &Path, err: &TchError) {
-    let first = UNREADABLE
-        .lock()
-        .map(|mut s| s.insert(path.to_path_buf()))
-        .unwrap_or(true);
+    let first = UNREADABLE.lock().map(|mut s| s.insert(path.to_path_buf())).unwrap_or(true);
     if first {
-        eprintln!(
-            "qs_attn: warning: skipping unreadable image {}: {}",
-            path.display(),
-            message(err)
-        );
+        eprintln!("qs_attn: warning: skipping unreadable image {}: {}", path.display(), message(err));
     }
 }
 
@@ -133,11 +123,7 @@ impl EpochPlan {
         let mut rng = SplitMix64::from_parts(&[self.seed, self.epoch, i as u64]);
         // which files: A in epoch order; B uniform with replacement, or serial
         let a_idx = self.order[i] % ds.a.len();
-        let b_idx = if self.serial {
-            i % ds.b.len()
-        } else {
-            rng.below(ds.b.len())
-        };
+        let b_idx = if self.serial { i % ds.b.len() } else { rng.below(ds.b.len()) };
         // independent crop/flip draws for A and B
         let (mut rng_a, mut rng_b) = (rng.split(), rng.split());
         let (a_path, a_img) = load_or_next(&ds.a, a_idx, "A")?;
@@ -227,11 +213,7 @@ pub fn epoch_batches_from(
     epoch: u64,
     first: usize,
 ) -> EpochBatches {
-    let invalid_source = |e| EpochBatches {
-        num_batches: 0,
-        next: 0,
-        source: Source::Invalid(Some(e)),
-    };
+    let invalid_source = |e| EpochBatches { num_batches: 0, next: 0, source: Source::Invalid(Some(e)) };
     if cfg.batch_size == 0 {
         return invalid_source(invalid("batch_size must be positive"));
     }
@@ -267,11 +249,7 @@ pub fn epoch_batches_from(
         order,
     };
     if cfg.workers == 0 || num_batches == first {
-        return EpochBatches {
-            num_batches,
-            next: first,
-            source: Source::Inline(plan),
-        };
+        return EpochBatches { num_batches, next: first, source: Source::Inline(plan) };
     }
     let workers = cfg.workers.min(num_batches - first);
     let capacity = cfg.prefetch.div_ceil(workers);
@@ -282,19 +260,17 @@ pub fn epoch_batches_from(
     for w in 0..workers {
         let (tx, rx) = sync_channel(capacity);
         let (plan, worker_stop) = (Arc::clone(&plan), Arc::clone(&stop));
-        let spawned = std::thread::Builder::new()
-            .name(format!("qs_attn-data-{w}"))
-            .spawn(move || {
-                for k in (first + w..num_batches).step_by(workers) {
-                    if worker_stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    // an error stays in its slot; a closed channel (iterator dropped) ends the worker
-                    if tx.send(plan.batch(k)).is_err() {
-                        break;
-                    }
+        let spawned = std::thread::Builder::new().name(format!("qs_attn-data-{w}")).spawn(move || {
+            for k in (first + w..num_batches).step_by(workers) {
+                if worker_stop.load(Ordering::Relaxed) {
+                    break;
                 }
-            });
+                // an error stays in its slot; a closed channel (iterator dropped) ends the worker
+                if tx.send(plan.batch(k)).is_err() {
+                    break;
+                }
+            }
+        });
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -306,16 +282,7 @@ pub fn epoch_batches_from(
         }
         receivers.push(rx);
     }
-    EpochBatches {
-        num_batches,
-        next: first,
-        source: Source::Threads {
-            first,
-            receivers,
-            stop,
-            handles,
-        },
-    }
+    EpochBatches { num_batches, next: first, source: Source::Threads { first, receivers, stop, handles } }
 }
 
 impl Iterator for EpochBatches {
@@ -337,9 +304,7 @@ impl Iterator for EpochBatches {
                     Err(_) => {
                         // the worker died (a panic): report once and end the epoch
                         self.next = self.num_batches;
-                        Some(Err(invalid(format!(
-                            "data loader worker stopped unexpectedly before batch {k}"
-                        ))))
+                        Some(Err(invalid(format!("data loader worker stopped unexpectedly before batch {k}"))))
                     }
                 }
             }
@@ -357,13 +322,7 @@ impl Iterator for EpochBatches {
 
 impl Drop for EpochBatches {
     fn drop(&mut self) {
-        if let Source::Threads {
-            receivers,
-            stop,
-            handles,
-            ..
-        } = &mut self.source
-        {
+        if let Source::Threads { receivers, stop, handles, .. } = &mut self.source {
             // stop flag first, then close the channels so a worker blocked on send wakes up
             stop.store(true, Ordering::Relaxed);
             receivers.clear();

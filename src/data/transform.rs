@@ -46,10 +46,7 @@ impl TransformConfig {
     /// straight to `crop_size` (no resize/crop jitter; the flip stays).
     pub fn for_epoch(&self, epoch: u64, n_epochs: u64) -> TransformConfig {
         if epoch > n_epochs {
-            TransformConfig {
-                load_size: self.crop_size,
-                ..*self
-            }
+            TransformConfig { load_size: self.crop_size, ..*self }
         } else {
             *self
         }
@@ -126,24 +123,13 @@ fn precompute_coeffs(in_size: u32, out_size: u32) -> Coeffs {
         let xmin = ((center - support + 0.5) as i64).max(0);
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
         let n = (xmax - xmin).max(0) as usize;
-        let mut k: Vec<f64> = (0..n)
-            .map(|x| bicubic_filter((x as f64 + xmin as f64 - center + 0.5) * ss))
-            .collect();
+        let mut k: Vec<f64> = (0..n).map(|x| bicubic_filter((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
         let ww: f64 = k.iter().sum();
         if ww != 0.0 {
             k.iter_mut().for_each(|w| *w /= ww);
         }
         let one = (1u32 << PRECISION_BITS) as f64;
-        let fixed = k
-            .iter()
-            .map(|&w| {
-                if w < 0.0 {
-                    (-0.5 + w * one) as i32
-                } else {
-                    (0.5 + w * one) as i32
-                }
-            })
-            .collect();
+        let fixed = k.iter().map(|&w| if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 }).collect();
         bounds.push((xmin as usize, n));
         weights.push(fixed);
     }

@@ -149,7 +149,12 @@ impl Generator {
             )));
         }
         let mut taps: Vec<Option<Tensor>> = (0..=last).map(|_| None).collect();
-        let h = run_with_outputs(&self.layers[..=last], x, |i| layers.contains(&i), |i, y| taps[i] = Some(y.shallow_clone()))?;
+        let h = run_with_outputs(
+            &self.layers[..=last],
+            x,
+            |i| layers.contains(&i),
+            |i, y| taps[i] = Some(y.shallow_clone()),
+        )?;
         let taps = layers
             .iter()
             .map(|&i| taps.get(i).and_then(|t| t.as_ref().map(Tensor::shallow_clone)))

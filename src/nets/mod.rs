@@ -42,7 +42,15 @@ impl Conv {
     }
 
     /// `conv_transpose(in → out, k, stride, padding, output_padding)`; weight `in × out × k × k`.
-    pub(crate) fn transposed(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64, output_padding: i64) -> Self {
+    pub(crate) fn transposed(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        output_padding: i64,
+    ) -> Self {
         Self::build(p, [c_in, c_out, k, k], c_out, stride, padding, Some(output_padding))
     }
 
@@ -116,7 +124,8 @@ pub(crate) fn run_with_outputs(
     let mut h = x.shallow_clone();
     let mut i = 0;
     while i < layers.len() {
-        let fused = matches!(layers[i], Layer::InstanceNorm) && matches!(layers.get(i + 1), Some(Layer::Relu)) && !wanted(i);
+        let fused =
+            matches!(layers[i], Layer::InstanceNorm) && matches!(layers.get(i + 1), Some(Layer::Relu)) && !wanted(i);
         if fused {
             h = norm_relu::instance_norm_relu(&h, IN_EPS)?;
             i += 1; // the ReLU's index: h is its output
@@ -155,9 +164,7 @@ pub(crate) fn is_channels_last(t: &Tensor) -> bool {
 pub(crate) fn check_images(what: &str, x: &Tensor, channels: i64) -> Result<(), TchError> {
     let s = x.size();
     if s.len() != 4 || s[1] != channels {
-        return Err(crate::error::invalid(format!(
-            "{what} expects a (B, {channels}, H, W) tensor, got shape {s:?}"
-        )));
+        return Err(crate::error::invalid(format!("{what} expects a (B, {channels}, H, W) tensor, got shape {s:?}")));
     }
     Ok(())
 }

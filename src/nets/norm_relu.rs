@@ -114,7 +114,18 @@ fn normalised(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor), TchError
         let (x_image, y_image) = (x.f_narrow(0, i, 1)?, y.f_narrow(0, i, 1)?);
         let (mean_image, invstd_image) = (mean.f_select(0, i)?, invstd.f_select(0, i)?);
         // returns the three out tensors themselves
-        let _ = x_image.f_native_batch_norm_out(&y_image, &mean_image, &invstd_image, None::<Tensor>, None, None, None, true, 0.0, eps)?;
+        let _ = x_image.f_native_batch_norm_out(
+            &y_image,
+            &mean_image,
+            &invstd_image,
+            None::<Tensor>,
+            None,
+            None,
+            None,
+            true,
+            0.0,
+            eps,
+        )?;
     }
     Ok((y, mean, invstd))
 }
@@ -183,7 +194,13 @@ fn in_layout_of(t: &Tensor, like: &Tensor) -> Result<Tensor, TchError> {
 }
 
 /// `at::native_batch_norm_backward`'s input gradient (csrc/norm_relu.cpp).
-fn batch_norm_input_grad(grad: &Tensor, input: &Tensor, mean: &Tensor, invstd: &Tensor, eps: f64) -> Result<Tensor, TchError> {
+fn batch_norm_input_grad(
+    grad: &Tensor,
+    input: &Tensor,
+    mean: &Tensor,
+    invstd: &Tensor,
+    eps: f64,
+) -> Result<Tensor, TchError> {
     unsafe {
         tensor_from_c("instance_norm_relu backward", |error| {
             qs_batch_norm_input_grad(grad.as_ptr(), input.as_ptr(), mean.as_ptr(), invstd.as_ptr(), eps, error)

@@ -63,9 +63,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_linear(&self.first.ws, self.first.bs.as_ref())?
-            .f_relu()?
-            .f_linear(&self.second.ws, self.second.bs.as_ref())
+        x.f_linear(&self.first.ws, self.first.bs.as_ref())?.f_relu()?.f_linear(&self.second.ws, self.second.bs.as_ref())
     }
 }
 
@@ -100,7 +98,9 @@ impl Projector {
             Ok(nn::Linear { ws: get(format!("mlp_{s}.{i}.weight"))?, bs: Some(get(format!("mlp_{s}.{i}.bias"))?) })
         };
         let mlps = if cfg.use_mlp {
-            (0..channels.len()).map(|s| Ok(Mlp { first: linear(s, 0)?, second: linear(s, 2)? })).collect::<Result<_, TchError>>()?
+            (0..channels.len())
+                .map(|s| Ok(Mlp { first: linear(s, 0)?, second: linear(s, 2)? }))
+                .collect::<Result<_, TchError>>()?
         } else {
             Vec::new()
         };
@@ -202,7 +202,9 @@ impl Projector {
                     let sel = ops::qs_select(feat, n, mode, self.cfg.window, self.cfg.layout, self.cfg.detach_attn)?;
                     (ops::qs_route(feat, &sel)?.f_flatten(0, 1)?, SlotSample::Qs(sel))
                 }
-                (None, Some(ids)) => (gather_rows(feat, ids)?, SlotSample::Random { ids: ids.shallow_clone(), positions: h * w }),
+                (None, Some(ids)) => {
+                    (gather_rows(feat, ids)?, SlotSample::Random { ids: ids.shallow_clone(), positions: h * w })
+                }
                 (None, None) => return Err(invalid(format!("slot {s} is a random slot but has no patch ids"))),
             };
             rows.push(self.project(s, &slot_rows)?);
@@ -253,7 +255,8 @@ impl Projector {
             rows.iter().map(|r| r.split(r.size()[0] / terms as i64, 0)).collect()
         };
         let (key_parts, query_parts) = (parts(&keys), parts(&queries));
-        let term_rows = |parts: &[Vec<Tensor>], t: usize| -> Vec<Tensor> { parts.iter().map(|p| p[t].shallow_clone()).collect() };
+        let term_rows =
+            |parts: &[Vec<Tensor>], t: usize| -> Vec<Tensor> { parts.iter().map(|p| p[t].shallow_clone()).collect() };
         Ok((0..terms).map(|t| (term_rows(&key_parts, t), term_rows(&query_parts, t))).collect())
     }
 
@@ -282,7 +285,9 @@ impl Projector {
                         }
                         gather_rows(feat, ids)?
                     }
-                    SlotSample::Qs(sel) if sel.mode == QsMode::Cross => ops::qs_cross_route(feat, sel)?.f_flatten(0, 1)?,
+                    SlotSample::Qs(sel) if sel.mode == QsMode::Cross => {
+                        ops::qs_cross_route(feat, sel)?.f_flatten(0, 1)?
+                    }
                     SlotSample::Qs(sel) => ops::qs_route(feat, sel)?.f_flatten(0, 1)?,
                 };
                 self.project(s, &slot_rows)

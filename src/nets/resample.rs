@@ -49,7 +49,12 @@ impl Down {
     }
 
     pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let node = Resample { kind: ResampleKind::Down, filt: self.filt.shallow_clone(), channels: self.channels, input: None };
+        let node = Resample {
+            kind: ResampleKind::Down,
+            filt: self.filt.shallow_clone(),
+            channels: self.channels,
+            input: None,
+        };
         node.run(x)
     }
 }
@@ -72,7 +77,8 @@ impl Up {
     }
 
     pub fn f_forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let node = Resample { kind: ResampleKind::Up, filt: self.filt.shallow_clone(), channels: self.channels, input: None };
+        let node =
+            Resample { kind: ResampleKind::Up, filt: self.filt.shallow_clone(), channels: self.channels, input: None };
         node.run(x)
     }
 }
@@ -115,8 +121,15 @@ impl Resample {
             ResampleKind::Down => {
                 native_pad(x, PadMode::Reflection, 1)?.f_conv2d(&filt, None::<Tensor>, [2, 2], [0, 0], [1, 1], c)
             }
-            ResampleKind::Up => native_pad(x, PadMode::Replication, 1)?
-                .f_conv_transpose2d(&filt, None::<Tensor>, [2, 2], [3, 3], [0, 0], c, [1, 1]),
+            ResampleKind::Up => native_pad(x, PadMode::Replication, 1)?.f_conv_transpose2d(
+                &filt,
+                None::<Tensor>,
+                [2, 2],
+                [3, 3],
+                [0, 0],
+                c,
+                [1, 1],
+            ),
         }
     }
 }
@@ -147,14 +160,17 @@ impl AutogradOp for Resample {
     // differentiable (gradient penalties through the discriminator's Down).
     fn backward(&self, _ctx: &BackwardContext, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, TchError> {
         let Some(dy) = &grads[0] else { return Ok(vec![None]) };
-        let Some((input_shape, input_kind)) = &self.input else { return Err(invalid("resample: backward before forward")) };
+        let Some((input_shape, input_kind)) = &self.input else {
+            return Err(invalid("resample: backward before forward"));
+        };
         let (filt, c) = (self.filt.f_to_kind(dy.kind())?, self.channels);
         let dx = match self.kind {
             ResampleKind::Down => {
                 let (padded_h, padded_w) = (input_shape[2] + 2, input_shape[3] + 2);
                 let (out_h, out_w) = (dy.size()[2], dy.size()[3]);
                 let output_padding = [padded_h - 2 * out_h - 1, padded_w - 2 * out_w - 1];
-                let d_padded = dy.f_conv_transpose2d(&filt, None::<Tensor>, [2, 2], [0, 0], output_padding, c, [1, 1])?;
+                let d_padded =
+                    dy.f_conv_transpose2d(&filt, None::<Tensor>, [2, 2], [0, 0], output_padding, c, [1, 1])?;
                 pad2d_backward(&d_padded, PadMode::Reflection, 1, input_shape)?
             }
             ResampleKind::Up => {

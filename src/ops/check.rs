@@ -8,16 +8,15 @@ pub fn compute_kind(what: &str, t: &Tensor) -> Result<Kind, TchError> {
     match t.kind() {
         Kind::Half | Kind::BFloat16 | Kind::Float => Ok(Kind::Float),
         Kind::Double => Ok(Kind::Double),
-        k => Err(invalid(format!("{what} must be a floating-point tensor (float16/bfloat16/float32/float64), got {k:?}"))),
+        k => Err(invalid(format!(
+            "{what} must be a floating-point tensor (float16/bfloat16/float32/float64), got {k:?}"
+        ))),
     }
 }
 
 pub fn rank(what: &str, t: &Tensor, expected: usize, layout: &str) -> Result<(), TchError> {
     if t.dim() != expected {
-        return Err(invalid(format!(
-            "{what} must be a {expected}-D tensor {layout}, got shape {:?}",
-            t.size()
-        )));
+        return Err(invalid(format!("{what} must be a {expected}-D tensor {layout}, got shape {:?}", t.size())));
     }
     Ok(())
 }

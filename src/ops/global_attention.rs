@@ -97,7 +97,11 @@ impl MapGrad {
     pub(super) fn empty(like: &Tensor, kind: Kind) -> Self {
         let (b, p, c) = (like.size()[0], like.size()[1], like.size()[2]);
         let opts = (kind, like.device());
-        MapGrad(if Self::is_channel_major(like) { Tensor::empty([b, c, p], opts).transpose(1, 2) } else { Tensor::empty([b, p, c], opts) })
+        MapGrad(if Self::is_channel_major(like) {
+            Tensor::empty([b, c, p], opts).transpose(1, 2)
+        } else {
+            Tensor::empty([b, p, c], opts)
+        })
     }
 
     /// Zeros of `kind`, laid out as the view `like`.
@@ -109,7 +113,11 @@ impl MapGrad {
 
     /// `lhs · rhs` (`B × P × K` times `B × K × C`) laid out as the view `like`.
     fn product(lhs: &Tensor, rhs: &Tensor, like: &Tensor) -> Self {
-        MapGrad(if Self::is_channel_major(like) { rhs.transpose(1, 2).bmm(&lhs.transpose(1, 2)).transpose(1, 2) } else { lhs.bmm(rhs) })
+        MapGrad(if Self::is_channel_major(like) {
+            rhs.transpose(1, 2).bmm(&lhs.transpose(1, 2)).transpose(1, 2)
+        } else {
+            lhs.bmm(rhs)
+        })
     }
 
     /// `+= lhs · rhs` (`B × P × K` times `B × K × C`).

@@ -95,8 +95,11 @@ impl Window {
     /// laid out as the map whose `B × P × C` view is `like`.
     fn scatter(&self, d_nb: &Tensor, rows: &Tensor, like: &Tensor) -> MapGrad {
         let (batch, c, r) = (like.size()[0], d_nb.size()[3], self.radius());
-        let padded = Tensor::zeros([batch * self.padded_positions(), c], (d_nb.kind(), d_nb.device()))
-            .index_add(0, &rows.flatten(0, -1), &d_nb.reshape([-1, c]));
+        let padded = Tensor::zeros([batch * self.padded_positions(), c], (d_nb.kind(), d_nb.device())).index_add(
+            0,
+            &rows.flatten(0, -1),
+            &d_nb.reshape([-1, c]),
+        );
         let interior = padded
             .view([batch, self.height + 2 * r, self.padded_width(), c])
             .narrow(1, r, self.height)

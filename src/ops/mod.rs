@@ -7,7 +7,7 @@ pub mod patch_nce;
 pub mod qs;
 pub mod sampling;
 
-pub use patch_nce::{patch_nce_loss, Reduction};
 pub use local_window::LocalLayout;
+pub use patch_nce::{patch_nce_loss, Reduction};
 pub use qs::{qs_cross_route, qs_entropy, qs_route, qs_select, EntropyOf, QsMode, Selection};
 pub use sampling::PatchSampler;

@@ -31,7 +31,11 @@ pub fn patch_nce_loss(
     check::rank("feat_q", q, 2, "(B·M, D)")?;
     check::rank("feat_k", k, 2, "(B·M, D)")?;
     if q.size() != k.size() {
-        return Err(invalid(format!("feat_q and feat_k must have the same shape, got {:?} and {:?}", q.size(), k.size())));
+        return Err(invalid(format!(
+            "feat_q and feat_k must have the same shape, got {:?} and {:?}",
+            q.size(),
+            k.size()
+        )));
     }
     check::same_device("feat_q", q, "feat_k", k)?;
     check::supported_device("feat_q", q)?;
@@ -111,9 +115,7 @@ impl AutogradOp for PatchNce {
         let d_pos = dlogits.narrow(2, 0, 1).squeeze_dim(-1) - g_rows.squeeze_dim(-1) / self.tau;
         let ds = dlogits.narrow(2, 1, m).diagonal_scatter(&d_pos, 0, 1, 2);
         let rows = b * m;
-        let dq = ctx
-            .needs_input_grad(0)
-            .then(|| check::grad_as(ds.bmm(&k).reshape([rows, -1]), self.input_kind));
+        let dq = ctx.needs_input_grad(0).then(|| check::grad_as(ds.bmm(&k).reshape([rows, -1]), self.input_kind));
         let dk = (!self.detach_keys && ctx.needs_input_grad(1))
             .then(|| check::grad_as(ds.transpose(1, 2).bmm(&q).reshape([rows, -1]), self.input_kind));
         Ok(vec![dq, dk])

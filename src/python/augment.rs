@@ -25,7 +25,9 @@ fn diff_augment(
         let policy: Policy = parse(policy)?;
         let n = brightness.len();
         if [saturation.len(), contrast.len(), shift.len(), cutout_centre.len()].iter().any(|&l| l != n) {
-            return Err(pyo3::exceptions::PyValueError::new_err("diff_augment: every parameter list needs one entry per image"));
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "diff_augment: every parameter list needs one entry per image",
+            ));
         }
         let params = AugmentParams { brightness, saturation, contrast, shift, cutout_centre };
         augment::diff_augment(&x.0, policy, &params).map(PyTensor).map_err(to_py)
@@ -34,7 +36,13 @@ fn diff_augment(
 
 /// The parameters the trainer's stream seeded with `seed` draws for `n` images of `h × w`.
 #[pyfunction]
-fn draw_augment_params<'py>(py: Python<'py>, seed: u64, n: usize, height: i64, width: i64) -> PyResult<Bound<'py, PyDict>> {
+fn draw_augment_params<'py>(
+    py: Python<'py>,
+    seed: u64,
+    n: usize,
+    height: i64,
+    width: i64,
+) -> PyResult<Bound<'py, PyDict>> {
     guard(|| {
         let p = AugmentParams::draw(&mut SplitMix64::new(seed), n, height, width);
         let d = PyDict::new(py);

@@ -207,7 +207,9 @@ impl PyNetwork {
                 OwnedNet::G(g) => &g.vs,
                 OwnedNet::D(d) => &d.vs,
                 OwnedNet::F(ProjectorNet { vs: Some(vs), .. }) => vs,
-                OwnedNet::F(_) => return Err(PyValueError::new_err("a projector on shared tensors is initialised by their owner")),
+                OwnedNet::F(_) => {
+                    return Err(PyValueError::new_err("a projector on shared tensors is initialised by their owner"))
+                }
             };
             init_weights(vs, parse::<InitType>(init_type)?, init_gain).map_err(to_py)
         })
@@ -225,7 +227,13 @@ impl PyNetwork {
     /// Generator: the translation, or with `layers` the taps (`encode_only`) or
     /// `(translation, taps)`; discriminator: the patch logits.
     #[pyo3(signature = (x, layers=None, encode_only=false))]
-    fn forward<'py>(&self, py: Python<'py>, x: PyTensor, layers: Option<Vec<usize>>, encode_only: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyTensor,
+        layers: Option<Vec<usize>>,
+        encode_only: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         guard(|| match &self.0 {
             OwnedNet::G(g) => run_generator(py, g, &x.0, layers, encode_only),
             OwnedNet::D(d) => Ok(PyTensor(d.net.f_forward(&x.0).map_err(to_py)?).into_pyobject(py)?.into_any()),
@@ -248,13 +256,20 @@ impl PyNetwork {
             let f = self.projector_mut()?;
             let feats: Vec<Tensor> = feats.into_iter().map(|t| t.0).collect();
             let ids: Option<Vec<Option<Tensor>>> = ids.map(|l| l.into_iter().map(|t| t.map(|t| t.0)).collect());
-            let (rows, samples) = f.net.sample_source(&feats, num_patches, &mut f.sampler, ids.as_deref()).map_err(to_py)?;
+            let (rows, samples) =
+                f.net.sample_source(&feats, num_patches, &mut f.sampler, ids.as_deref()).map_err(to_py)?;
             let sampled = samples
                 .into_iter()
                 .map(|sample| match sample {
                     SlotSample::Random { ids, .. } => Ok(PyTensor(ids).into_pyobject(py)?.into_any()),
                     SlotSample::Qs(sel) => {
-                        let fields = (PyTensor(sel.indices), PyTensor(sel.source), sel.local_attn.map(PyTensor), sel.height, sel.width);
+                        let fields = (
+                            PyTensor(sel.indices),
+                            PyTensor(sel.source),
+                            sel.local_attn.map(PyTensor),
+                            sel.height,
+                            sel.width,
+                        );
                         Ok(fields.into_pyobject(py)?.into_any())
                     }
                 })
@@ -265,7 +280,12 @@ impl PyNetwork {
 
     /// The projector's target call on the translated maps `feats`: per slot the source call's
     /// selection (a `QSSelection`) or patch ids (drawn when None), through the same MLPs.
-    fn project_target(&mut self, feats: Vec<PyTensor>, num_patches: i64, samples: Vec<Option<SampleArg>>) -> PyResult<Vec<PyTensor>> {
+    fn project_target(
+        &mut self,
+        feats: Vec<PyTensor>,
+        num_patches: i64,
+        samples: Vec<Option<SampleArg>>,
+    ) -> PyResult<Vec<PyTensor>> {
         guard(|| {
             let f = self.projector_mut()?;
             let feats: Vec<Tensor> = feats.into_iter().map(|t| t.0).collect();
@@ -296,7 +316,9 @@ impl PyNetwork {
                 .map(|(s, ((sel, ids), feat))| match (sel, ids) {
                     (Some(sel), _) => Ok(SlotSample::Qs(sel)),
                     (None, Some(ids)) => Ok(SlotSample::Random { positions: feat.size()[2] * feat.size()[3], ids }),
-                    (None, None) => Err(PyValueError::new_err(format!("slot {s} is a QS-Attn slot: pass the source call's selection"))),
+                    (None, None) => Err(PyValueError::new_err(format!(
+                        "slot {s} is a QS-Attn slot: pass the source call's selection"
+                    ))),
                 })
                 .collect::<PyResult<Vec<_>>>()?;
             let rows = f.net.sample_target(&feats, &samples).map_err(to_py)?;
@@ -317,7 +339,9 @@ pub(super) fn run_generator<'py>(
     let taps = |ts: Vec<Tensor>| ts.into_iter().map(PyTensor).collect::<Vec<_>>();
     match layers.filter(|l| !l.is_empty()) {
         None => Ok(PyTensor(g.translate(x).map_err(step_error)?).into_pyobject(py)?.into_any()),
-        Some(layers) if encode_only => Ok(taps(g.encode(x, &layers).map_err(step_error)?).into_pyobject(py)?.into_any()),
+        Some(layers) if encode_only => {
+            Ok(taps(g.encode(x, &layers).map_err(step_error)?).into_pyobject(py)?.into_any())
+        }
         Some(layers) => {
             let (fake, t) = g.forward_with_taps(x, &layers).map_err(step_error)?;
             Ok((PyTensor(fake), taps(t)).into_pyobject(py)?.into_any())

@@ -57,7 +57,9 @@ fn qs_select(
         let (mode, layout): (QsMode, LocalLayout) = (parse(mode)?, parse(local_layout)?);
         let feat = feat.0;
         let sel = py
-            .allow_threads(move || ops::qs_select(&feat, num_patches, mode, window, layout, detach_attn).map(SendSelection))
+            .allow_threads(move || {
+                ops::qs_select(&feat, num_patches, mode, window, layout, detach_attn).map(SendSelection)
+            })
             .map_err(to_py)?
             .0;
         Ok((PyTensor(sel.indices), PyTensor(sel.source), sel.local_attn.map(PyTensor), sel.height, sel.width))

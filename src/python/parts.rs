@@ -100,7 +100,12 @@ impl Network for PyPart {
 }
 
 /// `G(x, layers=[...], encode_only=...)`.
-fn call_with_layers<'py>(m: &Bound<'py, PyAny>, x: &Tensor, layers: &[usize], encode_only: bool) -> PyResult<Bound<'py, PyAny>> {
+fn call_with_layers<'py>(
+    m: &Bound<'py, PyAny>,
+    x: &Tensor,
+    layers: &[usize],
+    encode_only: bool,
+) -> PyResult<Bound<'py, PyAny>> {
     let kwargs = PyDict::new(m.py());
     kwargs.set_item("layers", layers.to_vec())?;
     kwargs.set_item("encode_only", encode_only)?;
@@ -143,7 +148,9 @@ impl ProjectorPart for PyPart {
         self.call(|m| {
             let py = m.py();
             let injected = match ids {
-                Some(ids) => PyList::new(py, ids.iter().map(|t| t.as_ref().map(|t| PyTensor(t.shallow_clone()))))?.into_any(),
+                Some(ids) => {
+                    PyList::new(py, ids.iter().map(|t| t.as_ref().map(|t| PyTensor(t.shallow_clone()))))?.into_any()
+                }
                 None => py.None().into_bound(py),
             };
             let source = m.call1((py_tensors(py, feat_k)?, num_patches, injected, py.None()))?;
@@ -164,7 +171,9 @@ impl GanLossPart for PyPart {
 
 impl NceLossPart for PyPart {
     fn loss(&self, queries: &Tensor, keys: &Tensor, num_images: i64) -> Result<Tensor, TchError> {
-        let per_row = self.call(|f| tensor(&f.call1((PyTensor(queries.shallow_clone()), PyTensor(keys.shallow_clone()), num_images))?))?;
+        let per_row = self.call(|f| {
+            tensor(&f.call1((PyTensor(queries.shallow_clone()), PyTensor(keys.shallow_clone()), num_images))?)
+        })?;
         per_row.f_mean(None)
     }
 }

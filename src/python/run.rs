@@ -40,7 +40,10 @@ fn progress_dict<'py>(py: Python<'py>, p: &Progress) -> PyResult<Bound<'py, PyDi
     d.set_item("epoch_iter", p.epoch_iter)?;
     d.set_item("iters_per_epoch", p.iters_per_epoch)?;
     d.set_item("total_iters", p.total_iters)?;
-    d.set_item("losses", p.losses.as_ref().map(|l| l.iter().map(|(k, v)| (k.to_string(), *v)).collect::<HashMap<_, _>>()))?;
+    d.set_item(
+        "losses",
+        p.losses.as_ref().map(|l| l.iter().map(|(k, v)| (k.to_string(), *v)).collect::<HashMap<_, _>>()),
+    )?;
     d.set_item("epoch_end", p.epoch_end)?;
     Ok(d)
 }
@@ -92,14 +95,21 @@ impl PyTrainer {
         guard(|| {
             let cfg = TrainConfig::from_json(config_json).map_err(to_py)?;
             let parts = self::parts(parts)?;
-            py.allow_threads(move || Trainer::with_parts(cfg, parts)).map(|t| PyTrainer(Run::new(t))).map_err(step_error)
+            py.allow_threads(move || Trainer::with_parts(cfg, parts))
+                .map(|t| PyTrainer(Run::new(t)))
+                .map_err(step_error)
         })
     }
 
     /// Continues from a checkpoint, with optional option overrides (JSON object) and parts.
     #[staticmethod]
     #[pyo3(signature = (path, overrides_json=None, parts=None))]
-    fn resume(py: Python<'_>, path: PathBuf, overrides_json: Option<String>, parts: Option<HashMap<String, PyObject>>) -> PyResult<Self> {
+    fn resume(
+        py: Python<'_>,
+        path: PathBuf,
+        overrides_json: Option<String>,
+        parts: Option<HashMap<String, PyObject>>,
+    ) -> PyResult<Self> {
         guard(|| {
             let parts = self::parts(parts)?;
             py.allow_threads(move || checkpoint::resume(&path, overrides_json.as_deref(), parts))
@@ -145,7 +155,14 @@ impl PyTrainer {
     /// The images of the last iteration (detached): real_A, fake_B, real_B and idt_B when the
     /// identity term is on.
     fn visuals(&self) -> PyResult<Option<HashMap<String, PyTensor>>> {
-        guard(|| Ok(self.0.trainer.visuals.as_ref().map(|v| v.named().into_iter().map(|(name, t)| (name.to_string(), PyTensor(t))).collect())))
+        guard(|| {
+            Ok(self
+                .0
+                .trainer
+                .visuals
+                .as_ref()
+                .map(|v| v.named().into_iter().map(|(name, t)| (name.to_string(), PyTensor(t))).collect()))
+        })
     }
 
     /// One iteration on a batch; `update=False` computes the gradients without changing any
@@ -179,22 +196,16 @@ impl PyTrainer {
 
     /// Parameters and buffers of "G", "D" or "F" by the reference's key names (shared storage).
     fn state_dict<'py>(&self, py: Python<'py>, net: &str) -> PyResult<Bound<'py, PyDict>> {
-        guard(|| {
-            named_dict(py, self.network(net)?.state().map_err(step_error)?)
-        })
+        guard(|| named_dict(py, self.network(net)?.state().map_err(step_error)?))
     }
 
     /// The names of the trainable parameters of "G", "D" or "F".
     fn parameter_names(&self, net: &str) -> PyResult<Vec<String>> {
-        guard(|| {
-            Ok(self.network(net)?.parameters().map_err(step_error)?.into_iter().map(|(n, _)| n).collect())
-        })
+        guard(|| Ok(self.network(net)?.parameters().map_err(step_error)?.into_iter().map(|(n, _)| n).collect()))
     }
 
     fn load_state_dict(&mut self, net: &str, state: HashMap<String, PyTensor>) -> PyResult<()> {
-        guard(|| {
-            load_named(self.network(net)?.state().map_err(step_error)?, state, net)
-        })
+        guard(|| load_named(self.network(net)?.state().map_err(step_error)?, state, net))
     }
 
     /// Current gradients of the trainable parameters of a network (None where none).
@@ -216,7 +227,13 @@ impl PyTrainer {
     /// The generator on `x`: the translation, or with `layers` the taps (`encode_only`) or
     /// `(translation, taps)` — the reference's call.
     #[pyo3(signature = (x, layers=None, encode_only=false))]
-    fn generator<'py>(&self, py: Python<'py>, x: PyTensor, layers: Option<Vec<usize>>, encode_only: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn generator<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyTensor,
+        layers: Option<Vec<usize>>,
+        encode_only: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         guard(|| {
             // (the networks are shared, not Sync: the GIL stays held, as for any nn.Module call)
             run_generator(py, self.0.trainer.nets.g.as_ref(), &x.0, layers, encode_only)
@@ -225,15 +242,11 @@ impl PyTrainer {
 
     /// The discriminator's patch logits on `x`.
     fn discriminator(&self, x: PyTensor) -> PyResult<PyTensor> {
-        guard(|| {
-            self.0.trainer.nets.d.forward(&x.0).map(PyTensor).map_err(step_error)
-        })
+        guard(|| self.0.trainer.nets.d.forward(&x.0).map(PyTensor).map_err(step_error))
     }
 
     fn save(&self, path: PathBuf) -> PyResult<()> {
-        guard(|| {
-            checkpoint::save(&self.0.trainer, &path).map_err(step_error)
-        })
+        guard(|| checkpoint::save(&self.0.trainer, &path).map_err(step_error))
     }
 
     /// Exchanges G's weights and their moving average (`ema_decay`); False when off.
@@ -268,7 +281,8 @@ impl PyTrainer {
     fn sample_rows(&mut self, n: usize) -> PyResult<Vec<Vec<PyTensor>>> {
         guard(|| {
             let t = &mut self.0.trainer;
-            let pairs = SamplePairs::open(Path::new(&t.cfg.dataroot), t.cfg.direction, n, t.cfg.crop_size).map_err(to_py)?;
+            let pairs =
+                SamplePairs::open(Path::new(&t.cfg.dataroot), t.cfg.direction, n, t.cfg.crop_size).map_err(to_py)?;
             let rows = t.with_averaged_g(|t| pairs.rows(t.nets.g.as_ref(), t.device)).map_err(step_error)?;
             Ok(rows.into_iter().map(|r| r.into_iter().map(PyTensor).collect()).collect())
         })

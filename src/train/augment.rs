@@ -73,7 +73,8 @@ impl std::str::FromStr for Policy {
 
 impl std::fmt::Display for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let on: Vec<&str> = Policy::NAMES.iter().zip(self.flags()).filter_map(|(name, on)| on.then_some(*name)).collect();
+        let on: Vec<&str> =
+            Policy::NAMES.iter().zip(self.flags()).filter_map(|(name, on)| on.then_some(*name)).collect();
         f.write_str(&on.join(","))
     }
 }
@@ -203,10 +204,18 @@ fn cutout(x: &Tensor, p: &AugmentParams) -> Tensor {
 /// Applies `policy` to the batch `x` (`n × C × H × W`) with per-image parameters `p`.
 pub fn diff_augment(x: &Tensor, policy: Policy, p: &AugmentParams) -> Result<Tensor, TchError> {
     if x.dim() != 4 || !x.is_floating_point() {
-        return Err(invalid(format!("diff_augment needs a floating-point (N, C, H, W) batch, got {:?} of {:?}", x.size(), x.kind())));
+        return Err(invalid(format!(
+            "diff_augment needs a floating-point (N, C, H, W) batch, got {:?} of {:?}",
+            x.size(),
+            x.kind()
+        )));
     }
     if p.len() as i64 != x.size()[0] {
-        return Err(invalid(format!("diff_augment has parameters for {} images, the batch has {}", p.len(), x.size()[0])));
+        return Err(invalid(format!(
+            "diff_augment has parameters for {} images, the batch has {}",
+            p.len(),
+            x.size()[0]
+        )));
     }
     let mut out = x.shallow_clone();
     if policy.color {
@@ -242,4 +251,3 @@ impl Augmenter {
         diff_augment(x, self.policy, &if halves { drawn.repeated() } else { drawn })
     }
 }
-

@@ -242,7 +242,9 @@ impl TrainConfig {
         if self.num_samples < 1 {
             errors.push("num_samples must be >= 1 (the images of each sample grid)".into());
         }
-        for (name, value) in [("num_patches", self.num_patches), ("ngf", self.ngf), ("ndf", self.ndf), ("netF_nc", self.netf_nc)] {
+        for (name, value) in
+            [("num_patches", self.num_patches), ("ngf", self.ngf), ("ndf", self.ndf), ("netF_nc", self.netf_nc)]
+        {
             if value < 1 {
                 errors.push(format!("{name} must be >= 1, got {value}"));
             }

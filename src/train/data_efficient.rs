@@ -60,7 +60,12 @@ impl DataEfficient {
 
     /// Restores what [`DataEfficient::save`] wrote. A checkpoint from a run without an option
     /// that is now on starts it fresh (augmentation from its seed, the average at the loaded G).
-    pub fn load(&mut self, tensors: &HashMap<String, Tensor>, meta: &HashMap<String, String>, g_params: &Named) -> Result<(), TchError> {
+    pub fn load(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        meta: &HashMap<String, String>,
+        g_params: &Named,
+    ) -> Result<(), TchError> {
         let num = |k: &str| meta.get(k).map(|v| v.parse::<u64>().map_err(|e| invalid(format!("{k}: {e}")))).transpose();
         if let (Some(aug), Some(state)) = (self.augment.as_mut(), num("augment_state")?) {
             aug.rng = crate::rng::SplitMix64::new(state);

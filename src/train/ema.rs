@@ -77,7 +77,11 @@ impl Ema {
             let key = format!("{PREFIX}.{name}");
             let t = get(&key).ok_or_else(|| invalid(format!("checkpoint has no tensor '{key}' (ema_decay is on)")))?;
             if t.size() != avg.size() {
-                return Err(invalid(format!("checkpoint tensor '{key}' has shape {:?}, the average's {:?}", t.size(), avg.size())));
+                return Err(invalid(format!(
+                    "checkpoint tensor '{key}' has shape {:?}, the average's {:?}",
+                    t.size(),
+                    avg.size()
+                )));
             }
             tch::no_grad(|| avg.f_copy_(&t))?;
         }

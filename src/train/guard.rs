@@ -48,7 +48,8 @@ pub fn any_nonfinite(tensors: &[Tensor]) -> Result<Tensor, TchError> {
 /// Refuses to store tensors of which any floating-point element is NaN or infinite; the error
 /// names the first such tensor.
 pub fn ensure_finite(tensors: &[(String, Tensor)]) -> Result<(), TchError> {
-    let floats: Vec<&(String, Tensor)> = tensors.iter().filter(|(_, t)| t.is_floating_point() && t.numel() > 0).collect();
+    let floats: Vec<&(String, Tensor)> =
+        tensors.iter().filter(|(_, t)| t.is_floating_point() && t.numel() > 0).collect();
     let mut by_device: Vec<(Device, Vec<Tensor>)> = Vec::new();
     for (_, t) in &floats {
         match by_device.iter_mut().find(|(d, _)| *d == t.device()) {
@@ -87,7 +88,13 @@ pub struct DivergenceGuard {
 
 impl DivergenceGuard {
     pub fn new(policy: OnNonFinite, device: Device) -> Self {
-        DivergenceGuard { policy, deferred: policy == OnNonFinite::Stop && device.is_cuda(), first_bad: None, tripped: None, skipped: 0 }
+        DivergenceGuard {
+            policy,
+            deferred: policy == OnNonFinite::Stop && device.is_cuda(),
+            first_bad: None,
+            tripped: None,
+            skipped: 0,
+        }
     }
 
     /// Checks the loss `terms` and the gradients of `nets` after a backward pass of iteration
@@ -175,7 +182,7 @@ impl DivergenceGuard {
 
 fn diverged(iteration: u64, bad: &[&str]) -> String {
     format!(
-            "training diverged: {} became NaN or infinite at iteration {iteration}. No checkpoint is written \
+        "training diverged: {} became NaN or infinite at iteration {iteration}. No checkpoint is written \
              from here on; the last one written before stays as it was. Lower lr or the loss weights \
              (lambda_GAN, lambda_NCE), or pass on_nonfinite='skip' to skip such updates",
         bad.join(", ")

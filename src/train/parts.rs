@@ -89,7 +89,11 @@ pub trait NceLossPart: Send {
 }
 
 /// `[part.loss(q, k, num_images) for (q, k) in groups]` as a 1-D tensor.
-fn one_call_per_group<P: NceLossPart + ?Sized>(part: &P, groups: &[(Tensor, Tensor)], num_images: i64) -> Result<Tensor, TchError> {
+fn one_call_per_group<P: NceLossPart + ?Sized>(
+    part: &P,
+    groups: &[(Tensor, Tensor)],
+    num_images: i64,
+) -> Result<Tensor, TchError> {
     let each = groups.iter().map(|(q, k)| part.loss(q, k, num_images)).collect::<Result<Vec<_>, _>>()?;
     Tensor::f_stack(&each, 0)
 }

@@ -122,7 +122,8 @@ impl Run {
             let log_path = run_dir.join("loss_log.jsonl");
             let (log, samples) = if self.trainer.writer {
                 run_dir::prepare(&run_dir, self.trainer.resumed_at, cfg.overwrite)?;
-                std::fs::create_dir_all(run_dir.join("samples")).map_err(|e| invalid(format!("{}: {e}", run_dir.display())))?;
+                std::fs::create_dir_all(run_dir.join("samples"))
+                    .map_err(|e| invalid(format!("{}: {e}", run_dir.display())))?;
                 let log = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -183,7 +184,8 @@ impl Run {
         t.epoch_iter += 1;
         t.total_iters += 1;
         let (epoch, epoch_iter, total_iters, lr) = (t.epoch, t.epoch_iter, t.total_iters, t.lr());
-        let (print_freq, display_freq, save_latest_freq) = (t.cfg.print_freq, t.cfg.display_freq, t.cfg.save_latest_freq);
+        let (print_freq, display_freq, save_latest_freq) =
+            (t.cfg.print_freq, t.cfg.display_freq, t.cfg.save_latest_freq);
         let logging = total_iters % print_freq.max(1) == 0;
         if logging {
             t.guard.verify()?; // the losses are read from the device here anyway
@@ -303,7 +305,9 @@ fn write_log_line(
     values: &[(&'static str, f64)],
 ) -> Result<(), TchError> {
     use std::io::Write;
-    let losses: serde_json::Map<String, serde_json::Value> = values.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-    let line = serde_json::json!({"epoch": epoch, "epoch_iter": epoch_iter, "iter": total_iters, "lr": lr, "losses": losses});
+    let losses: serde_json::Map<String, serde_json::Value> =
+        values.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+    let line =
+        serde_json::json!({"epoch": epoch, "epoch_iter": epoch_iter, "iter": total_iters, "lr": lr, "losses": losses});
     writeln!(log, "{line}").map_err(|e| invalid(format!("writing the loss log: {e}")))
 }

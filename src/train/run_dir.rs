@@ -72,7 +72,8 @@ pub fn prepare(dir: &Path, resumed_at: Option<u64>, overwrite: bool) -> Result<(
             }
             for name in found {
                 let path = dir.join(&name);
-                fs::remove_file(&path).map_err(|e| invalid(format!("overwrite: cannot remove {}: {e}", path.display())))?;
+                fs::remove_file(&path)
+                    .map_err(|e| invalid(format!("overwrite: cannot remove {}: {e}", path.display())))?;
             }
             Ok(())
         }
@@ -89,7 +90,8 @@ fn truncate_log(path: &Path, iteration: u64) -> Result<(), TchError> {
     let mut dropped = false;
     for line in BufReader::new(file).lines() {
         let line = line.map_err(io)?;
-        let iter = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("iter").and_then(|i| i.as_u64()));
+        let iter =
+            serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("iter").and_then(|i| i.as_u64()));
         match iter {
             Some(i) if i > iteration => dropped = true,
             _ => kept.push(line),

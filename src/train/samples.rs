@@ -20,13 +20,16 @@ impl SamplePairs {
         if n == 0 {
             return Err(invalid("a sample grid needs at least one image pair, asked for 0"));
         }
-        let set = UnalignedDataset::open(root, "test", direction).or_else(|_| UnalignedDataset::open(root, "train", direction))?;
+        let set = UnalignedDataset::open(root, "test", direction)
+            .or_else(|_| UnalignedDataset::open(root, "train", direction))?;
         let readable = |files: &[PathBuf]| -> Vec<Tensor> {
             files.iter().filter_map(|f| image_io::load_image(f, Some(size)).ok()).take(n).collect()
         };
         let pairs: Vec<(Tensor, Tensor)> = readable(&set.a).into_iter().zip(readable(&set.b)).collect();
         if pairs.is_empty() {
-            let folder = |files: &[PathBuf]| files.first().and_then(|f| f.parent()).map_or_else(String::new, |d| d.display().to_string());
+            let folder = |files: &[PathBuf]| {
+                files.first().and_then(|f| f.parent()).map_or_else(String::new, |d| d.display().to_string())
+            };
             return Err(invalid(format!(
                 "no sample grid can be made: none of the images in {} or none in {} could be read",
                 folder(&set.a),

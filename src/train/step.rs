@@ -95,7 +95,13 @@ impl Trainer {
     /// One iteration on a batch (`a`: source domain, `b`: target domain, `B × 3 × H × W` in
     /// [−1, 1]). With `update = false` the gradients are computed but no parameter changes
     /// (for comparisons with a reference); `ids` injects the random patch ids.
-    pub fn step_with(&mut self, a: &Tensor, b: &Tensor, update: bool, ids: Option<InjectedIds>) -> Result<StepLosses, TchError> {
+    pub fn step_with(
+        &mut self,
+        a: &Tensor,
+        b: &Tensor,
+        update: bool,
+        ids: Option<InjectedIds>,
+    ) -> Result<StepLosses, TchError> {
         let (a, b) = self.on_device(a, b)?;
         // Forward passes in the configured precision; each backward runs outside the scope.
         // G's weights are cast once for both of G's scopes (its forward pass, then the encoder
@@ -133,7 +139,8 @@ impl Trainer {
     /// and the NCE terms' source features.
     fn translate(&mut self, a: &Tensor, b: &Tensor) -> Result<Translation, TchError> {
         let images = a.size()[0];
-        let sources = if self.cfg.nce_idt && self.cfg.lambda_nce > 0.0 { Tensor::cat(&[a, b], 0) } else { a.shallow_clone() };
+        let sources =
+            if self.cfg.nce_idt && self.cfg.lambda_nce > 0.0 { Tensor::cat(&[a, b], 0) } else { a.shallow_clone() };
         let flipped = self.cfg.flip_equivariance && self.coins.below(2) == 1;
         let real = if flipped { sources.flip([3]) } else { sources.shallow_clone() };
         let (fake, real_taps) = self.nets.g.forward_with_taps(&real, &self.cfg.nce_layers)?;
@@ -159,7 +166,13 @@ impl Trainer {
     /// L_D = ½[L(D(G(x)), fake) + L(D(y), real)] (+ penalty), one D pass on both (instance
     /// norm is per image), in the forward `scope` opened before G's pass; then backward and
     /// D's update.
-    fn discriminator_step(&mut self, pass: &Translation, b: &Tensor, scope: Option<Bf16Autocast>, update: bool) -> Result<DiscriminatorLosses, TchError> {
+    fn discriminator_step(
+        &mut self,
+        pass: &Translation,
+        b: &Tensor,
+        scope: Option<Bf16Autocast>,
+        update: bool,
+    ) -> Result<DiscriminatorLosses, TchError> {
         let images = pass.images;
         self.opt_d.set_requires_grad(true);
         self.opt_d.zero_grad();
@@ -179,7 +192,8 @@ impl Trainer {
         d.f_backward()?;
         if update {
             self.sync_gradients("D", &self.opt_d)?;
-            let terms = [("D", &d), ("D_real", &d_real), ("D_fake", &d_fake)].into_iter().chain(gp.as_ref().map(|t| ("GP", t)));
+            let terms =
+                [("D", &d), ("D_real", &d_real), ("D_fake", &d_fake)].into_iter().chain(gp.as_ref().map(|t| ("GP", t)));
             if self.guard.admit(self.total_iters + 1, terms, &[("D", Some(&self.opt_d))])? {
                 self.opt_d.step()?;
             }
@@ -189,14 +203,20 @@ impl Trainer {
 
     /// With D frozen: λ_GAN·L(D(G(x)), real) + the NCE terms; then backward and the updates of
     /// G and F.
-    fn generator_step(&mut self, pass: &Translation, ids: Option<&InjectedIds>, update: bool) -> Result<GeneratorLosses, TchError> {
+    fn generator_step(
+        &mut self,
+        pass: &Translation,
+        ids: Option<&InjectedIds>,
+        update: bool,
+    ) -> Result<GeneratorLosses, TchError> {
         self.opt_d.set_requires_grad(false);
         self.opt_g.zero_grad();
         if let Some(opt) = self.opt_f.as_mut() {
             opt.zero_grad();
         }
         let scope = self.autocast();
-        let g_gan = self.gan.loss(&self.nets.d.forward(&self.extras.d_input(&pass.fake_b, false)?)?, true)? * self.cfg.lambda_gan;
+        let g_gan = self.gan.loss(&self.nets.d.forward(&self.extras.d_input(&pass.fake_b, false)?)?, true)?
+            * self.cfg.lambda_gan;
         let (nce, nce_y) = match &pass.source_feats {
             Some(feat_k) => self.nce_terms(pass, feat_k, ids)?,
             None => (None, None),
@@ -232,7 +252,12 @@ impl Trainer {
     /// L_NCE(x, G(x)) and, when the batch holds `[x; y]`, L_NCE(y, G(y)): E(G(x)) and E(G(y))
     /// in one encoder pass over the whole translation, unflipped back to the sources'
     /// orientation; F and the NCE loss see both terms at once.
-    fn nce_terms(&mut self, pass: &Translation, feat_k: &[Tensor], ids: Option<&InjectedIds>) -> Result<(Option<Tensor>, Option<Tensor>), TchError> {
+    fn nce_terms(
+        &mut self,
+        pass: &Translation,
+        feat_k: &[Tensor],
+        ids: Option<&InjectedIds>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>), TchError> {
         let mut fake_taps = self.nets.g.encode(&pass.fake, &self.cfg.nce_layers)?;
         if pass.flipped {
             fake_taps = fake_taps.iter().map(|f| f.flip([3])).collect();
@@ -267,17 +292,21 @@ impl Trainer {
         let _float32 = NoAutocast::new();
         let widen = |taps: &[Tensor]| -> Vec<Tensor> {
             taps.iter()
-                .map(|t| if matches!(t.kind(), Kind::BFloat16 | Kind::Half) { t.to_kind(Kind::Float) } else { t.shallow_clone() })
+                .map(|t| {
+                    if matches!(t.kind(), Kind::BFloat16 | Kind::Half) {
+                        t.to_kind(Kind::Float)
+                    } else {
+                        t.shallow_clone()
+                    }
+                })
                 .collect()
         };
         let (feat_k, feat_q) = (widen(feat_k), widen(feat_q));
         let stacked = StackedTerms { feat_k: &feat_k, feat_q: &feat_q, images, ids };
         let terms = self.nets.f.keys_and_queries_of_terms(&stacked, self.cfg.num_patches, &mut self.sampler)?;
         // every (term, layer) group in one call of the loss, term-major
-        let groups: Vec<(Tensor, Tensor)> = terms
-            .into_iter()
-            .flat_map(|(keys, queries)| queries.into_iter().zip(keys))
-            .collect();
+        let groups: Vec<(Tensor, Tensor)> =
+            terms.into_iter().flat_map(|(keys, queries)| queries.into_iter().zip(keys)).collect();
         let per_group = self.nce.losses(&groups, images)?;
         // Σ_s λ·L_s / L per term
         let per_term = per_group.f_view([ids.len() as i64, layers as i64])?.f_sum_dim_intlist(1, false, None)?

@@ -46,7 +46,8 @@ impl Visuals {
     /// read, not in every training step.
     pub fn named(&self) -> Vec<(&'static str, Tensor)> {
         let image = |t: &Tensor| t.to_kind(Kind::Float).contiguous();
-        let mut out = vec![("real_A", image(&self.real_a)), ("fake_B", image(&self.fake_b)), ("real_B", image(&self.real_b))];
+        let mut out =
+            vec![("real_A", image(&self.real_a)), ("fake_B", image(&self.fake_b)), ("real_B", image(&self.real_b))];
         out.extend(self.idt_b.as_ref().map(|t| ("idt_B", image(t))));
         out
     }

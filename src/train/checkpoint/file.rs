@@ -70,7 +70,8 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String,
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
     let tmp: PathBuf = dir.join(integrity::temp_name(file_name, std::process::id()));
     let mut metadata = metadata;
-    let entries = host.iter().map(|(n, h)| integrity::Entry { name: n, dtype: h.dtype, shape: &h.shape, bytes: &h.bytes });
+    let entries =
+        host.iter().map(|(n, h)| integrity::Entry { name: n, dtype: h.dtype, shape: &h.shape, bytes: &h.bytes });
     metadata.insert(integrity::CHECKSUM_KEY.to_string(), integrity::checksum(entries.collect(), &metadata));
     safetensors::tensor::serialize_to_file(views, &Some(metadata), &tmp).map_err(|e| io_error(&tmp, e))?;
     File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io_error(&tmp, e))?;
@@ -114,7 +115,8 @@ pub fn load(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, Str
     let metadata = meta.metadata().clone().unwrap_or_default();
     let entries = file.tensors().into_iter().map(|(name, v)| (name, v.dtype(), View::shape(&v).to_vec(), v.data()));
     let entries: Vec<_> = entries.collect();
-    let views = entries.iter().map(|(name, dtype, shape, bytes)| integrity::Entry { name, dtype: *dtype, shape, bytes });
+    let views =
+        entries.iter().map(|(name, dtype, shape, bytes)| integrity::Entry { name, dtype: *dtype, shape, bytes });
     integrity::verify(path, views.collect(), &metadata)?;
     let tensors = file
         .tensors()

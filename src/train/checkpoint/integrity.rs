@@ -71,7 +71,8 @@ pub fn remove_stale_temps(dir: &Path, file_name: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())).and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == std::process::id() || process_alive(pid) {

@@ -39,7 +39,9 @@ pub fn save(trainer: &Trainer, path: &Path) -> Result<(), TchError> {
         ("supplied_parts".to_string(), trainer.supplied.join(",")),
         ("world_size".to_string(), trainer.shard.1.to_string()),
     ]);
-    for (prefix, opt) in [("opt_G", Some(&trainer.opt_g)), ("opt_D", Some(&trainer.opt_d)), ("opt_F", trainer.opt_f.as_ref())] {
+    for (prefix, opt) in
+        [("opt_G", Some(&trainer.opt_g)), ("opt_D", Some(&trainer.opt_d)), ("opt_F", trainer.opt_f.as_ref())]
+    {
         if let Some(opt) = opt {
             let (state, step) = opt.state();
             tensors.extend(state.into_iter().map(|(n, t)| (format!("{prefix}.{n}"), t)));
@@ -79,7 +81,11 @@ pub fn resume(path: &Path, overrides: Option<&str>, parts: Parts) -> Result<Trai
             let key = format!("{prefix}.{name}");
             let t = tensors.get(&key).ok_or_else(|| invalid(format!("checkpoint has no tensor '{key}'")))?;
             if t.size() != var.size() {
-                return Err(invalid(format!("checkpoint tensor '{key}' has shape {:?}, the network's {:?}", t.size(), var.size())));
+                return Err(invalid(format!(
+                    "checkpoint tensor '{key}' has shape {:?}, the network's {:?}",
+                    t.size(),
+                    var.size()
+                )));
             }
             tch::no_grad(|| var.f_copy_(t))?;
         }
@@ -111,7 +117,8 @@ pub fn resume(path: &Path, overrides: Option<&str>, parts: Parts) -> Result<Trai
 
 /// The checkpoint's config (JSON) with `overrides` (a JSON object) applied.
 fn config_with_overrides(saved: &str, overrides: Option<&str>) -> Result<TrainConfig, TchError> {
-    let mut cfg_json: serde_json::Value = serde_json::from_str(saved).map_err(|e| invalid(format!("config metadata: {e}")))?;
+    let mut cfg_json: serde_json::Value =
+        serde_json::from_str(saved).map_err(|e| invalid(format!("config metadata: {e}")))?;
     if let Some(o) = overrides {
         let o: serde_json::Value = serde_json::from_str(o).map_err(|e| invalid(format!("overrides: {e}")))?;
         if let (Some(base), Some(over)) = (cfg_json.as_object_mut(), o.as_object()) {
