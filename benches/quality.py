@@ -1,8 +1,9 @@
 """Multi-seed quality study on a bundled benchmark (default: the colour -> monochrome emoji set):
 CUT (random patches, mode "none") and QS-Attn "global", "local" and "cross", each with the
 reference's training ("plain"), with the data-efficient options ("de": DiffAugment of D's
-inputs and the EMA of G), with the EMA alone ("ema", the main job's) or with the EMA on a G of
-6 residual blocks ("ema6"), over several seeds, all at one budget of iterations. Every run is
+inputs and the EMA of G), with the EMA alone ("ema"), with the EMA on a G of 6 residual blocks
+("ema6") or with the EMA and the contrastive loss weighted 2 ("nce2"), over several seeds, all
+at one budget of iterations. Every run is
 evaluated during training (FID, KID against testB; L1/SSIM against the true counterparts) with
 best and last checkpoints; the identity, greyscale and real-vs-real baselines are computed here
 too, with the same protocol. Runs `--parallel` trainings at a time, one thread each.
@@ -47,9 +48,15 @@ RECIPES = {
     # the moving average on a cheaper G: 6 residual blocks instead of 9 (~14% less time per
     # iteration on 2 CPU cores), so six epochs fit the time of five
     "ema6": {"ema_decay": 0.999, "n_blocks": 6},
+    # the EMA with the contrastive term weighted twice the adversarial one (the reference: equal)
+    "nce2": {"ema_decay": 0.999, "lambda_NCE": 2.0},
 }
-# the main job's network (examples/train_emoji_mono.py); the schedule comes from the command line
-BASE = dict(crop_size=64, load_size=72, ngf=16, ndf=16, num_patches=64)
+# the main job's network and data options, read from the main job itself so the two cannot
+# drift apart; the method, schedule and recipe come from the command line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from train_emoji_mono import RECIPE as MAIN_JOB  # noqa: E402
+
+BASE = {k: MAIN_JOB[k] for k in ("crop_size", "load_size", "ngf", "ndf", "num_patches")}
 METRICS = (("fid", "FID ↓", 1.0, 1), ("kid_mean", "KID ×100 ↓", 100.0, 2), ("l1", "L1 ↓", 1.0, 4), ("ssim", "SSIM ↑", 1.0, 4))
 LABEL = {"none": "CUT", "global": "QS global", "local": "QS local", "cross": "QS cross"}
 
@@ -164,6 +171,7 @@ def report(out: Path) -> str:
     pairs += [((m, r), (m, "plain")) for m in METHODS for r in RECIPES if r != "plain"]
     pairs += [((m, "de"), (m, "ema")) for m in METHODS]  # DiffAugment's own part: both average G
     pairs += [((m, "ema6"), (m, "ema")) for m in METHODS]  # the cheaper G, more epochs in the same time
+    pairs += [((m, "nce2"), (m, "ema")) for m in METHODS]  # the weight of the contrastive term alone
     pairs = [(x, y) for x, y in pairs if x in by and y in by]
     if pairs:
         lines += ["", "Welch's t-test on the last checkpoints (two-sided p; n = seeds per cell):", "",
