@@ -5,9 +5,10 @@ the run keeps ``best.safetensors`` (lowest FID so far, a full training checkpoin
 the end, so the gap between the best and the last checkpoint is visible.
 
 A resumed run's history is the log up to its checkpoint's iteration: evaluations of a
-continuation that resuming from an earlier checkpoint discards are dropped from the log, and a
-``best.safetensors`` saved by such a continuation is kept aside as
-``best_discarded_iter<N>.safetensors`` (nothing is deleted) before the first new evaluation.
+continuation that resuming from an earlier checkpoint discards are dropped from the log (when
+the run starts, with the loss log's rows: ``src/train/run_dir.rs``), and a ``best.safetensors``
+saved by such a continuation is kept aside as ``best_discarded_iter<N>.safetensors`` (nothing
+is deleted) before the first new evaluation.
 ``best.safetensors`` always holds the last evaluation flagged ``best`` in the log; when a
 discarded continuation had overwritten it, "best" restarts at the resume point."""
 from __future__ import annotations
@@ -18,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from . import _native, metrics
-from .evaluate import evaluate_generator
+from . import metrics
+from .evaluate import _checkpoint_info, evaluate_generator
 
 
 class TrainingEvaluator:
@@ -36,10 +37,8 @@ class TrainingEvaluator:
         self.log = run_dir / "eval_log.jsonl"
         self.best_file = run_dir / "best.safetensors"
         logged = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()] if self.log.exists() else []
-        # the files are only rewritten at the first evaluation: until then the run may still be
-        # refused (a fresh run in an occupied directory), and must have changed nothing
+        # the log on disk is trimmed to `start` only once the run starts (it may still be refused)
         self.evaluations: List[Dict[str, Any]] = [e for e in logged if e["iter"] <= start]
-        self._log_is_stale = len(self.evaluations) < len(logged)
         flagged = [e for e in self.evaluations if e.get("best")]
         self.best = flagged[-1] if flagged and flagged[-1]["iter"] == checkpoint_iteration(self.best_file) else None
 
@@ -55,7 +54,7 @@ class TrainingEvaluator:
             scores = evaluate_generator(trainer.G, self.data, size=self.size, device=trainer.device,
                                         max_images=self.max_images, kid_subsets=self.kid_subsets,
                                         cache_dir=self.run_dir / "eval_cache")
-        self._drop_discarded_history()
+        self._set_aside_discarded_best()
         scores = dict(scores, iter=iteration, epoch=trainer.epoch)
         self.evaluations.append(scores)
         if self.best is None or scores["fid"] < self.best["fid"]:
@@ -66,20 +65,15 @@ class TrainingEvaluator:
             f.write(json.dumps(scores) + "\n")
         return scores
 
-    def _drop_discarded_history(self) -> None:
-        """Removes what a discarded continuation left: its log rows (the log is rewritten
-        atomically) and its ``best.safetensors`` (moved aside)."""
+    def _set_aside_discarded_best(self) -> None:
+        """Moves aside a ``best.safetensors`` that a discarded continuation saved (moved now,
+        not when the run was set up, because until the run starts it may still be refused)."""
         saved_at = checkpoint_iteration(self.best_file)
         if saved_at is not None and (self.best is None or saved_at != self.best["iter"]):
             aside = self.run_dir / f"best_discarded_iter{saved_at}.safetensors"
             os.replace(self.best_file, aside)
             print(f"qs_attn: best.safetensors came from iterations this resumed run discards; kept as {aside}",
                   file=sys.stderr)
-        if self._log_is_stale:
-            tmp = self.log.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(e) + "\n" for e in self.evaluations))
-            os.replace(tmp, self.log)
-            self._log_is_stale = False
 
     def report(self) -> str:
         """One line: the best and the last evaluation."""
@@ -98,6 +92,4 @@ class TrainingEvaluator:
 
 def checkpoint_iteration(path: Path) -> Optional[int]:
     """The iteration a checkpoint file was saved at; ``None`` when there is no such file."""
-    if not path.exists():
-        return None
-    return int(_native.read_checkpoint_metadata(str(path))["total_iters"])
+    return _checkpoint_info(path)["iteration"] if path.exists() else None

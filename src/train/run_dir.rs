@@ -1,6 +1,6 @@
 //! The run directory `<checkpoints_dir>/<name>/`: a run name stays inside `checkpoints_dir`, a
 //! new run never writes into the directory of an earlier one unless told to (`overwrite`), and
-//! a resumed run's loss log ends where its checkpoint does, so no row is written twice.
+//! a resumed run's logs end where its checkpoint does, so no row is written twice.
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Component, Path};
@@ -46,11 +46,10 @@ fn previous_outputs(dir: &Path) -> Vec<String> {
 
 /// Readies `dir` for a run before its first iteration. A fresh run (`resumed_at` None) refuses
 /// a directory that holds an earlier run's checkpoints or logs, unless `overwrite` (then they
-/// are removed). A resumed run keeps the rows of its loss log up to iteration `resumed_at`
-/// (the evaluation log's rows are the evaluator's to trim: `python/qs_attn/_periodic_eval.py`).
+/// are removed). A resumed run keeps the rows of its logs up to iteration `resumed_at`.
 pub fn prepare(dir: &Path, resumed_at: Option<u64>, overwrite: bool) -> Result<(), TchError> {
     match resumed_at {
-        Some(iteration) => truncate_log(&dir.join("loss_log.jsonl"), iteration),
+        Some(iteration) => LOGS.iter().try_for_each(|log| truncate_log(&dir.join(log), iteration)),
         None => {
             let found = previous_outputs(dir);
             if found.is_empty() {
@@ -80,7 +79,7 @@ pub fn prepare(dir: &Path, resumed_at: Option<u64>, overwrite: bool) -> Result<(
     }
 }
 
-/// Keeps the rows of the loss log `path` whose iteration is at most `iteration` (the rows
+/// Keeps the rows of the log `path` whose iteration is at most `iteration` (the rows
 /// written after the checkpoint a run resumes from would otherwise appear twice). Rewritten
 /// atomically; a missing log is fine.
 fn truncate_log(path: &Path, iteration: u64) -> Result<(), TchError> {
