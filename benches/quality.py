@@ -51,12 +51,9 @@ RECIPES = {
     # the EMA with the contrastive term weighted twice the adversarial one (the reference: equal)
     "nce2": {"ema_decay": 0.999, "lambda_NCE": 2.0},
 }
-# the main job's network and data options, read from the main job itself so the two cannot
-# drift apart; the method, schedule and recipe come from the command line
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from train_emoji_mono import RECIPE as MAIN_JOB  # noqa: E402
-
-BASE = {k: MAIN_JOB[k] for k in ("crop_size", "load_size", "ngf", "ndf", "num_patches")}
+# the main job's options every run shares (its network and data); the method, schedule and
+# recipe come from the command line
+BASE_OPTIONS = ("crop_size", "load_size", "ngf", "ndf", "num_patches")
 METRICS = (("fid", "FID ↓", 1.0, 1), ("kid_mean", "KID ×100 ↓", 100.0, 2), ("l1", "L1 ↓", 1.0, 4), ("ssim", "SSIM ↑", 1.0, 4))
 LABEL = {"none": "CUT", "global": "QS global", "local": "QS local", "cross": "QS cross"}
 
@@ -70,6 +67,12 @@ def train_one(args) -> None:
 
     import qs_attn
 
+    # read from the main job itself, so the two cannot drift apart (imported here, with torch,
+    # not at the top: the report and the orchestrating process need neither)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from train_emoji_mono import RECIPE as MAIN_JOB
+
+    main_job_options = {k: MAIN_JOB[k] for k in BASE_OPTIONS}
     torch.set_num_threads(1)
     data = qs_attn.bundled_dataset(args.data)
     start = time.perf_counter()
@@ -77,7 +80,7 @@ def train_one(args) -> None:
     result = qs_attn.train(name=name, dataroot=str(data), checkpoints_dir=args.out, mode=args.method, seed=args.seed,
                            max_iters=args.iters, num_threads=1, print_freq=100, display_freq=10**9,
                            save_epoch_freq=100, save_latest_freq=10**9, eval_freq=args.eval_freq, progress=False,
-                           n_epochs=args.epochs, n_epochs_decay=args.decay_epochs, **BASE, **RECIPES[args.recipe])
+                           n_epochs=args.epochs, n_epochs_decay=args.decay_epochs, **main_job_options, **RECIPES[args.recipe])
     summary = {"method": args.method, "recipe": args.recipe, "seed": args.seed, "iterations": result.total_iters,
                "seconds": time.perf_counter() - start, "best": result.best, "last": result.evaluations[-1],
                "evaluations": result.evaluations}
